@@ -1,0 +1,92 @@
+"""The only module that reads the environment. Everything else receives a Settings."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Mapping
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+PREFIX = "NESSA_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    data_dir: pathlib.Path = REPO_ROOT / "var"
+    #: SQLAlchemy URL; empty means the embedded default, a SQLite file under data_dir
+    database_url: str = ""
+    #: real speech for training/evaluation (../shared/data beside the repository)
+    shared_data_dir: pathlib.Path = REPO_ROOT.parent / "shared" / "data"
+    #: directory of bundled (committed) alignment artifacts registered at start
+    bundled_artifacts_dir: pathlib.Path = REPO_ROOT / "nessa" / "artifacts"
+    enroll_model: str = "campplus-192"
+    runtime_model: str = "ge2e-256"
+    #: FAISS index factory string, e.g. "Flat", "HNSW32,Flat", "IVF1024,Flat"
+    faiss_factory: str = "Flat"
+    #: use a FAISS GPU build when one is installed and a GPU is visible
+    faiss_use_gpu: bool = True
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_audio_seconds: float = 600.0
+    min_enroll_speech_seconds: float = 3.0
+    min_runtime_speech_seconds: float = 0.5
+    retain_enrollment_audio: bool = True
+    #: run a job worker thread inside the web process (the `make run` default)
+    in_process_worker: bool = False
+    job_lease_seconds: float = 30.0
+    job_max_attempts: int = 3
+    worker_poll_seconds: float = 0.5
+    torch_threads: int = 1
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'nessa.db'}"
+
+    @property
+    def audio_dir(self) -> pathlib.Path:
+        return self.data_dir / "audio"
+
+    @property
+    def artifacts_dir(self) -> pathlib.Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def cache_dir(self) -> pathlib.Path:
+        return self.data_dir / "cache"
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Build settings from ``NESSA_*`` variables (e.g. NESSA_DATABASE_URL)."""
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(PREFIX + field.name.upper())
+            if raw is None:
+                continue
+            values[field.name] = _coerce(field, raw)
+        values.update(overrides)
+        return cls(**values)
+
+
+def _coerce(field: dataclasses.Field, raw: str):
+    default = field.default
+    if isinstance(default, bool):
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"{PREFIX}{field.name.upper()} must be a boolean, got {raw!r}")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, pathlib.Path):
+        return pathlib.Path(raw).expanduser().resolve()
+    return raw
