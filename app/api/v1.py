@@ -1,0 +1,264 @@
+"""REST API v1: thin handlers that parse input, call services, render JSON."""
+from __future__ import annotations
+
+import json
+import time
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app import jobs, models
+from app.auth import require_scope
+from app.errors import ApiError, bad_request
+from app.openapi import openapi_document
+from app.services import recognition, speakers as speaker_service
+from app.services.enrollment import submit_enrollment
+
+bp = Blueprint("v1", __name__)
+
+
+def _services():
+    return current_app.extensions["nessa"]
+
+
+# -- input parsing -----------------------------------------------------------------
+def _json_body(allowed: set[str], required: set[str]) -> dict:
+    raw = request.get_data(cache=True)
+    if not request.is_json:
+        raise bad_request("invalid_content_type", "Send a JSON body with Content-Type: application/json.",
+                          content_type=request.content_type)
+    try:
+        body = json.loads(raw or b"")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request("invalid_json", "The request body is not valid JSON.", error=str(exc))
+    if not isinstance(body, dict):
+        raise bad_request("invalid_json", "The JSON body must be an object.", type=type(body).__name__)
+    unknown = sorted(set(body) - allowed)
+    missing = sorted(required - set(body))
+    if unknown or missing:
+        raise bad_request("invalid_fields", "Unknown or missing fields.",
+                          unknown=unknown, missing=missing, allowed=sorted(allowed))
+    return body
+
+
+def _form_fields(allowed_fields: set[str], allowed_files: set[str], required_files: set[str]):
+    if not request.mimetype or not request.mimetype.startswith("multipart/form-data"):
+        raise bad_request("invalid_content_type", "Send multipart/form-data with the audio in the 'audio' field.",
+                          content_type=request.content_type)
+    unknown = sorted((set(request.form) - allowed_fields) | (set(request.files) - allowed_files))
+    missing = sorted(required_files - set(request.files))
+    if unknown or missing:
+        raise bad_request("invalid_fields", "Unknown or missing form fields.", unknown=unknown, missing=missing,
+                          allowed=sorted(allowed_fields | allowed_files))
+
+
+def _int_field(name: str, value, *, minimum: int = 1, maximum: int | None = None) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise bad_request("invalid_field", f"'{name}' must be an integer.", field=name, value=value)
+    if number < minimum or (maximum is not None and number > maximum):
+        raise bad_request("invalid_field", f"'{name}' must be between {minimum} and {maximum}.",
+                          field=name, value=number)
+    return number
+
+
+def _candidate_ids() -> list[int] | None:
+    """`candidates` as repeated fields, a comma-separated list, or a JSON array."""
+    values = request.form.getlist("candidates")
+    if not values:
+        return None
+    items: list = []
+    for value in values:
+        value = value.strip()
+        if value.startswith("["):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                raise bad_request("invalid_field", "'candidates' is not a valid JSON array.", field="candidates")
+            items.extend(parsed if isinstance(parsed, list) else [parsed])
+        else:
+            items.extend(v for v in value.split(",") if v.strip())
+    ids = [_int_field("candidates", item) for item in items]
+    if not ids:
+        raise bad_request("invalid_field", "'candidates' is empty.", field="candidates")
+    return ids
+
+
+def _audio_bytes() -> bytes:
+    return request.files["audio"].read()
+
+
+# -- public ------------------------------------------------------------------------
+@bp.get("/v1/health")
+def health():
+    services = _services()
+    with services.session() as session:
+        session.execute(sa.text("SELECT 1"))
+    return jsonify({"status": "ok", "index": services.gallery.sizes(),
+                    "enroll_model": services.settings.enroll_model,
+                    "runtime_model": services.settings.runtime_model})
+
+
+@bp.get("/metrics")
+def metrics():
+    _services().gallery.sync()
+    registry = current_app.extensions["nessa_metrics"].registry
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/v1/openapi.json")
+def openapi():
+    return jsonify(openapi_document())
+
+
+# -- speakers ------------------------------------------------------------------------
+@bp.post("/v1/speakers")
+@require_scope("enroll")
+def create_speaker():
+    body = _json_body({"name", "external_id"}, {"name"})
+    name, external_id = body["name"], body.get("external_id")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise bad_request("invalid_field", "'name' must be a non-empty string of at most 200 characters.", field="name")
+    if external_id is not None and (not isinstance(external_id, str) or not external_id or len(external_id) > 200):
+        raise bad_request("invalid_field", "'external_id' must be a string of 1-200 characters.", field="external_id")
+    services = _services()
+    with services.session() as session:
+        speaker = speaker_service.create_speaker(session, name=name.strip(), external_id=external_id)
+        session.commit()
+        body = speaker_service.speaker_to_dict(session, speaker)
+    return jsonify(body), 201, {"Location": f"/v1/speakers/{body['id']}"}
+
+
+@bp.get("/v1/speakers")
+@require_scope("enroll")
+def list_speakers():
+    limit = _int_field("limit", request.args.get("limit", 100), maximum=1000)
+    offset = _int_field("offset", request.args.get("offset", 0), minimum=0)
+    services = _services()
+    with services.session() as session:
+        total = session.scalar(sa.select(sa.func.count(models.Speaker.id)))
+        rows = session.scalars(sa.select(models.Speaker).order_by(models.Speaker.id).limit(limit).offset(offset)).all()
+        items = [speaker_service.speaker_to_dict(session, s) for s in rows]
+    return jsonify({"speakers": items, "total": total, "limit": limit, "offset": offset})
+
+
+@bp.get("/v1/speakers/<int:speaker_id>")
+@require_scope("enroll")
+def get_speaker(speaker_id: int):
+    services = _services()
+    with services.session() as session:
+        return jsonify(speaker_service.speaker_to_dict(session, speaker_service.get_speaker(session, speaker_id)))
+
+
+@bp.delete("/v1/speakers/<int:speaker_id>")
+@require_scope("enroll")
+def delete_speaker(speaker_id: int):
+    services = _services()
+    with services.session() as session:
+        files = speaker_service.delete_speaker(session, speaker_id)
+        session.commit()
+    speaker_service.remove_files(files)
+    services.gallery.sync()
+    return "", 204
+
+
+@bp.post("/v1/speakers/<int:speaker_id>/enrollments")
+@require_scope("enroll")
+def enroll(speaker_id: int):
+    services = _services()
+    with services.session() as session:
+        speaker_service.get_speaker(session, speaker_id)  # 404 before parsing the upload
+    _form_fields(set(), {"audio"}, {"audio"})
+    enrollment, job = submit_enrollment(services, speaker_id, _audio_bytes())
+    return (jsonify({"job": _job_to_dict(job), "enrollment": speaker_service.enrollment_to_dict(enrollment)}),
+            202, {"Location": f"/v1/jobs/{job.id}"})
+
+
+# -- jobs --------------------------------------------------------------------------
+def _job_to_dict(job: models.Job) -> dict:
+    iso = lambda t: t.isoformat() if t else None  # noqa: E731
+    return {"id": job.id, "kind": job.kind, "status": job.status, "attempts": job.attempts,
+            "max_attempts": job.max_attempts, "progress": job.progress, "error": job.error,
+            "result": job.result, "payload": job.payload, "created_at": iso(job.created_at),
+            "started_at": iso(job.started_at), "finished_at": iso(job.finished_at)}
+
+
+@bp.get("/v1/jobs/<int:job_id>")
+@require_scope("enroll")
+def get_job(job_id: int):
+    services = _services()
+    with services.session() as session:
+        job = jobs.get_job(session, job_id)
+        if job is None:
+            raise ApiError(404, "job_not_found", f"No job with id {job_id}.", {"id": job_id})
+        return jsonify(_job_to_dict(job))
+
+
+# -- runtime -----------------------------------------------------------------------
+@bp.post("/v1/identify")
+@require_scope("identify")
+def identify():
+    _form_fields({"top_k", "candidates"}, {"audio"}, {"audio"})
+    top_k = _int_field("top_k", request.form.get("top_k", 5), maximum=100)
+    candidates = _candidate_ids()
+    services = _services()
+    if candidates:
+        with services.session() as session:
+            known = set(session.scalars(sa.select(models.Speaker.id).where(models.Speaker.id.in_(candidates))))
+        missing = sorted(set(candidates) - known)
+        if missing:
+            raise ApiError(404, "speaker_not_found", "Unknown speaker ids in 'candidates'.", {"ids": missing})
+    started = time.perf_counter()
+    result = recognition.identify(services, _audio_bytes(), top_k=top_k, candidates=candidates)
+    _observe_embedding(result, started)
+    return jsonify(result)
+
+
+@bp.post("/v1/verify")
+@require_scope("identify")
+def verify():
+    _form_fields({"speaker_id"}, {"audio"}, {"audio"})
+    if "speaker_id" not in request.form:
+        raise bad_request("invalid_fields", "Missing form field 'speaker_id'.", missing=["speaker_id"])
+    speaker_id = _int_field("speaker_id", request.form["speaker_id"])
+    result = recognition.verify(_services(), _audio_bytes(), speaker_id=speaker_id)
+    _observe_embedding(result, None)
+    return jsonify(result)
+
+
+def _observe_embedding(result: dict, _started) -> None:
+    embed_ms = result.get("timings_ms", {}).get("embed")
+    if embed_ms is not None:
+        metrics = current_app.extensions["nessa_metrics"]
+        metrics.embedding.labels(result["models"]["runtime_model"]).observe(embed_ms / 1e3)
+
+
+# -- admin -------------------------------------------------------------------------
+@bp.post("/v1/keys")
+@require_scope("admin")
+def create_key():
+    from app.auth import create_api_key
+
+    body = _json_body({"name", "scopes"}, {"scopes"})
+    scopes = body["scopes"]
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise bad_request("invalid_field", "'scopes' must be a list of strings.", field="scopes")
+    services = _services()
+    with services.session() as session:
+        key, row = create_api_key(session, name=str(body.get("name") or "api"), scopes=scopes)
+        session.commit()
+        return jsonify({"id": row.id, "key": key, "prefix": row.prefix, "scopes": row.scopes.split(",")}), 201
+
+
+@bp.get("/v1/alignments")
+@require_scope("identify")
+def list_alignments():
+    services = _services()
+    with services.session() as session:
+        rows = session.scalars(sa.select(models.AlignmentArtifact).order_by(models.AlignmentArtifact.id)).all()
+        return jsonify({"alignments": [
+            {"id": r.id, "name": r.name, "source_version": r.source_version, "target_version": r.target_version,
+             "state": r.state, "sha256": r.sha256, "threshold": r.threshold, "metrics": r.metrics}
+            for r in rows]})

@@ -1,0 +1,254 @@
+"""The `nessa` command."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from app.settings import Settings
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"nessa: error: {message}", file=sys.stderr)
+    return code
+
+
+def _services(settings: Settings):
+    from app.services.container import SchemaNotReady, Services
+
+    try:
+        return Services(settings)
+    except SchemaNotReady as exc:
+        raise SystemExit(_fail(str(exc)))
+
+
+# -- db ---------------------------------------------------------------------------
+def cmd_db(args, settings: Settings) -> int:
+    from app import db
+
+    url = settings.resolved_database_url
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if args.db_command == "upgrade":
+        db.upgrade(url, args.revision)
+        print(f"database at {db.current_revision(url)} ({_safe_url(url)})")
+    elif args.db_command == "downgrade":
+        db.downgrade(url, args.revision)
+        print(f"database at {db.current_revision(url) or 'base'} ({_safe_url(url)})")
+    else:
+        print(db.current_revision(url) or "base")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+# -- keys -------------------------------------------------------------------------
+def cmd_keys(args, settings: Settings) -> int:
+    import sqlalchemy as sa
+
+    from app import db, models
+    from app.auth import create_api_key
+    from app.errors import ApiError
+
+    engine = db.make_engine(settings.resolved_database_url)
+    session_factory = db.make_session_factory(engine)
+    with session_factory() as session:
+        if args.keys_command == "create":
+            try:
+                key, row = create_api_key(session, name=args.name, scopes=args.scope)
+            except ApiError as exc:
+                return _fail(exc.message + f" ({exc.detail})")
+            session.commit()
+            print(f"created API key {row.prefix}... (id {row.id}, scopes {row.scopes}); it is shown only once:")
+            print(key)
+        elif args.keys_command == "list":
+            for row in session.scalars(sa.select(models.ApiKey).order_by(models.ApiKey.id)):
+                state = "revoked" if row.revoked_at else "active"
+                print(f"{row.id}\t{row.prefix}...\t{row.scopes}\t{row.name}\t{state}")
+        elif args.keys_command == "revoke":
+            import datetime as dt
+
+            row = session.scalar(sa.select(models.ApiKey).filter_by(prefix=args.prefix))
+            if row is None:
+                return _fail(f"no API key with prefix {args.prefix!r}")
+            row.revoked_at = dt.datetime.now(dt.timezone.utc)
+            session.commit()
+            print(f"revoked {row.prefix}...")
+    engine.dispose()
+    return 0
+
+
+# -- serve / worker ---------------------------------------------------------------
+def cmd_serve(args, settings: Settings) -> int:
+    from app.factory import create_app
+
+    settings = settings.replace(host=args.host or settings.host, port=args.port or settings.port)
+    services = _services(settings)
+    app = create_app(settings, services=services, start_worker=args.with_worker or settings.in_process_worker)
+    url = f"http://{settings.host}:{settings.port}"
+    print(f"NESSA listening on {url}  (database {_safe_url(services.database_url)}, "
+          f"worker {'in-process' if args.with_worker else 'separate: run `nessa worker`'})")
+    print(f"Create an API key:  .venv/bin/nessa keys create --scope admin   then  "
+          f"curl -H 'Authorization: Bearer <key>' {url}/v1/speakers", flush=True)
+    try:
+        from waitress import serve
+    except ImportError:  # pragma: no cover - waitress is in requirements.txt
+        app.run(host=settings.host, port=settings.port, threaded=True)
+    else:
+        serve(app, host=settings.host, port=settings.port, threads=args.threads, ident="nessa")
+    return 0
+
+
+def cmd_worker(args, settings: Settings) -> int:
+    from app.worker import build_worker
+
+    services = _services(settings)
+    worker = build_worker(services, worker_id=args.worker_id)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"nessa worker {worker.worker_id} polling {_safe_url(services.database_url)}", flush=True)
+    worker.run_forever(stop)
+    return 0
+
+
+# -- align ------------------------------------------------------------------------
+def cmd_align(args, settings: Settings) -> int:
+    import pathlib
+
+    from app import db
+    from app.errors import ApiError
+    from app.services.alignment import activate_artifact, register_artifact
+
+    if args.align_command == "train":
+        from app.model_registry import load_embedder
+        from nessa.cli_support import train_from_folder
+
+        sources = [pathlib.Path(p) for p in (args.train_dir or [])] + [pathlib.Path(p) for p in (args.list or [])]
+        if not sources:
+            return _fail("give at least one --train-dir (a <speaker>/<utterance> folder) or --list file")
+        missing = [str(p) for p in sources if not p.exists()]
+        if missing:
+            return _fail(f"training data not found: {', '.join(missing)}")
+        out_dir = pathlib.Path(args.out) if args.out else settings.artifacts_dir
+        command = "nessa " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("nessa") else ""
+        artifact = train_from_folder(
+            load_embedder(args.source or settings.runtime_model), load_embedder(args.target or settings.enroll_model),
+            [str(p) for p in sources], out_dir=out_dir, name=args.name, seed=args.seed,
+            cache_dir=settings.cache_dir / "embeddings", command=command)
+        print(f"saved alignment {artifact.name} to {out_dir / artifact.name}")
+        for key, value in sorted(artifact.metrics.items()):
+            print(f"  {key}: {value}")
+        if args.no_register:
+            return 0
+        url = settings.resolved_database_url
+        if db.current_revision(url) != db.head_revision():
+            print("database not initialised; not registered (run `nessa db upgrade`, then `nessa align activate`)")
+            return 0
+        engine = db.make_engine(url)
+        with db.make_session_factory(engine)() as session:
+            register_artifact(session, out_dir / artifact.name)
+            if not args.no_activate:
+                activate_artifact(session, artifact.name)
+            session.commit()
+        engine.dispose()
+        print(f"registered{'' if args.no_activate else ' and activated'} {artifact.name}")
+        return 0
+
+    engine = db.make_engine(settings.resolved_database_url)
+    try:
+        with db.make_session_factory(engine)() as session:
+            if args.align_command == "list":
+                import sqlalchemy as sa
+
+                from app import models
+
+                for row in session.scalars(sa.select(models.AlignmentArtifact).order_by(models.AlignmentArtifact.id)):
+                    print(f"{row.name}\t{row.source_version} -> {row.target_version}\t{row.state}\t{row.path}")
+            elif args.align_command == "register":
+                row = register_artifact(session, pathlib.Path(args.path))
+                session.commit()
+                print(f"registered {row.name}")
+            elif args.align_command == "activate":
+                activate_artifact(session, args.name)
+                session.commit()
+                print(f"activated {args.name}")
+    except ApiError as exc:
+        return _fail(exc.message)
+    finally:
+        engine.dispose()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nessa", description="Asymmetric speaker enrollment and verification.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--with-worker", action="store_true", help="also run a job worker in this process")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a job worker (any number, on any host sharing the database)")
+    worker.add_argument("--worker-id")
+    worker.set_defaults(func=cmd_worker)
+
+    dbp = sub.add_parser("db", help="database schema (Alembic migrations)")
+    dbsub = dbp.add_subparsers(dest="db_command", required=True)
+    up = dbsub.add_parser("upgrade")
+    up.add_argument("revision", nargs="?", default="head")
+    down = dbsub.add_parser("downgrade")
+    down.add_argument("revision", nargs="?", default="base")
+    dbsub.add_parser("current")
+    dbp.set_defaults(func=cmd_db)
+
+    keys = sub.add_parser("keys", help="API keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="create a key; the key is the last line printed")
+    kc.add_argument("--scope", action="append", required=True, help="enroll, identify or admin (repeatable)")
+    kc.add_argument("--name", default="cli")
+    ksub.add_parser("list")
+    kr = ksub.add_parser("revoke")
+    kr.add_argument("prefix")
+    keys.set_defaults(func=cmd_keys)
+
+    align = sub.add_parser("align", help="alignment between the runtime and enrollment spaces")
+    asub = align.add_subparsers(dest="align_command", required=True)
+    train = asub.add_parser("train", help="train an alignment on paired embeddings of real speech")
+    train.add_argument("--train-dir", action="append", help="<speaker>/<utterance> folder or LibriSpeech flat folder")
+    train.add_argument("--list", action="append", help="file of '<speaker> <path>' lines")
+    train.add_argument("--name", required=True)
+    train.add_argument("--out", help="output directory (default: <data dir>/artifacts)")
+    train.add_argument("--source", help="runtime model version (default: the configured one)")
+    train.add_argument("--target", help="enrollment model version (default: the configured one)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--no-activate", action="store_true")
+    train.add_argument("--no-register", action="store_true")
+    asub.add_parser("list")
+    reg = asub.add_parser("register")
+    reg.add_argument("path")
+    act = asub.add_parser("activate")
+    act.add_argument("name")
+    align.set_defaults(func=cmd_align)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        return _fail(str(exc))
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

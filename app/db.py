@@ -1,0 +1,162 @@
+"""Engines, sessions, migrations and the float32 vector codec.
+
+The schema exists only through Alembic migrations (``migrations/``); nothing here calls
+``metadata.create_all``.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+MIGRATIONS_DIR = REPO_ROOT / "migrations"
+
+#: how long a SQLite connection waits for the single-writer lock before "database is locked"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def is_sqlite(url: str | sa.URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _is_sqlite_memory(url: sa.URL) -> bool:
+    return url.database in (None, "", ":memory:") or "mode=memory" in str(url)
+
+
+def make_engine(url: str | sa.URL, **engine_kwargs) -> Engine:
+    """Create an engine with the settings this service relies on.
+
+    SQLite: WAL (readers never block the writer), enforced foreign keys (ON DELETE
+    CASCADE depends on them) and a busy timeout so concurrent writers queue instead of
+    failing. PostgreSQL: pre-ping so connections dropped by a restart or a proxy are
+    replaced transparently. ``engine_kwargs`` override the defaults (e.g. ``poolclass``).
+    """
+    url = make_url(url)
+    custom_pool = "poolclass" in engine_kwargs or "pool" in engine_kwargs
+    if url.get_backend_name() == "sqlite":
+        options: dict = {"connect_args": {"check_same_thread": False}}
+        if not custom_pool and not _is_sqlite_memory(url):
+            # one writer at a time anyway; a few pooled connections serve concurrent readers
+            options.update(pool_size=5, max_overflow=10, pool_timeout=30)
+        options.update(engine_kwargs)
+        engine = sa.create_engine(url, **options)
+        sa.event.listen(engine, "connect", _configure_sqlite_connection)
+        return engine
+    options = {"pool_pre_ping": True}
+    if not custom_pool:
+        # recycle below common server/proxy idle timeouts
+        options.update(pool_size=5, max_overflow=10, pool_timeout=30, pool_recycle=1800)
+    options.update(engine_kwargs)
+    return sa.create_engine(url, **options)
+
+
+def _configure_sqlite_connection(dbapi_connection, _connection_record) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        # WAL is persistent in the file; an in-memory database answers "memory" and stays so
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is durable against application crashes in WAL mode (only an OS crash
+        # can lose the last transactions) and avoids an fsync per commit
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    # expire_on_commit=False: objects stay readable after commit (e.g. returned from a
+    # service function whose session has closed) without a lazy reload
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+# --- migrations -------------------------------------------------------------------------
+
+def alembic_config(url: str | sa.URL):
+    """An Alembic Config for ``url`` that needs no alembic.ini."""
+    from alembic.config import Config
+
+    url_text = url.render_as_string(hide_password=False) if isinstance(url, sa.URL) else url
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # Config values go through configparser interpolation, where "%" is special; the
+    # URL may contain percent-escapes (options=-csearch_path%3Dschema)
+    config.set_main_option("sqlalchemy.url", url_text.replace("%", "%%"))
+    # env.py prefers this unmodified copy
+    config.attributes["database_url"] = url_text
+    return config
+
+
+def upgrade(url: str | sa.URL, revision: str = "head") -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str | sa.URL, revision: str = "base") -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+
+
+def head_revision() -> str:
+    """The newest revision in migrations/ (what ``upgrade(url)`` brings a database to)."""
+    from alembic.script import ScriptDirectory
+
+    config = alembic_config("sqlite://")
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+def current_revision(url: str | sa.URL) -> str | None:
+    """The revision the database is at, or None for an unmigrated database."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+# --- vectors ----------------------------------------------------------------------------
+
+class FloatVector:
+    """Codec for embeddings stored as ``LargeBinary``: little-endian float32, no header.
+
+    The dimension lives in its own column; decoding checks the blob against it so a
+    vector from the wrong model can never be silently reinterpreted.
+    """
+
+    DTYPE = np.dtype("<f4")
+
+    @classmethod
+    def to_bytes(cls, vector, dim: int | None = None) -> bytes:
+        array = np.asarray(vector)
+        if array.ndim != 1:
+            raise ValueError(f"expected a 1-D vector, got shape {array.shape}")
+        if dim is not None and array.shape[0] != dim:
+            raise ValueError(f"expected a vector of dimension {dim}, got {array.shape[0]}")
+        if array.shape[0] == 0:
+            raise ValueError("empty vector")
+        array = array.astype(cls.DTYPE, copy=False)
+        if not np.all(np.isfinite(array)):
+            raise ValueError("vector contains NaN or infinite values")
+        return array.tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, dim: int) -> np.ndarray:
+        """Decode to a writable native float32 array of length ``dim``."""
+        expected = dim * cls.DTYPE.itemsize
+        if len(data) != expected:
+            raise ValueError(
+                f"vector blob has {len(data)} bytes, expected {expected} for dimension {dim}")
+        return np.frombuffer(data, dtype=cls.DTYPE).astype(np.float32)

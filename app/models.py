@@ -1,0 +1,263 @@
+"""ORM models. The tables are created only by the Alembic migrations in ``migrations/``;
+tests/test_db.py checks that the two agree on SQLite and on PostgreSQL."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names: identical on SQLite and PostgreSQL, so migrations can
+# drop or alter constraints by name on both.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ENROLLMENT_STATUSES = ("queued", "processing", "done", "failed")
+MODEL_ROLES = ("enroll", "runtime")
+MODEL_STATES = ("registered", "evaluated", "active", "retired")
+ARTIFACT_STATES = ("registered", "active", "retired")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+GALLERY_OPS = ("upsert", "delete")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL stores ``timestamptz``. SQLite has no time zones: values are stored as
+    naive UTC text (so string comparison in SQL is chronological) and come back with
+    tzinfo=UTC. Naive datetimes are rejected rather than guessed at.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}; use an aware UTC datetime")
+        value = value.astimezone(dt.timezone.utc)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+# JSON columns store SQL NULL (not the JSON literal null) for None
+JSONValue = sa.JSON(none_as_null=True)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Speaker(Base):
+    __tablename__ = "speakers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    external_id: Mapped[str | None] = mapped_column(sa.String(200), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    # passive_deletes: the database's ON DELETE CASCADE removes children; the ORM does
+    # not load them just to delete them
+    enrollments: Mapped[list[Enrollment]] = relationship(
+        back_populates="speaker", cascade="all, delete-orphan", passive_deletes=True)
+    profiles: Mapped[list[Profile]] = relationship(
+        back_populates="speaker", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class Enrollment(Base):
+    __tablename__ = "enrollments"
+    __table_args__ = (
+        sa.CheckConstraint(_one_of("status", ENROLLMENT_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    speaker_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("speakers.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    #: None when the audio is not retained after processing
+    audio_path: Mapped[str | None] = mapped_column(sa.String(1024))
+    audio_sha256: Mapped[str] = mapped_column(sa.String(64))
+    audio_bytes: Mapped[int] = mapped_column(sa.Integer)
+    duration_s: Mapped[float] = mapped_column(sa.Float)
+    speech_s: Mapped[float | None] = mapped_column(sa.Float)
+    source_format: Mapped[str | None] = mapped_column(sa.String(32))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    speaker: Mapped[Speaker] = relationship(back_populates="enrollments")
+    embeddings: Mapped[list[Embedding]] = relationship(
+        back_populates="enrollment", cascade="all, delete-orphan", passive_deletes=True)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        sa.CheckConstraint(_one_of("role", MODEL_ROLES), name="role"),
+        sa.CheckConstraint(_one_of("state", MODEL_STATES), name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: e.g. "campplus-192"
+    name: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    role: Mapped[str] = mapped_column(sa.String(16))
+    dim: Mapped[int] = mapped_column(sa.Integer)
+    weights_sha256: Mapped[str] = mapped_column(sa.String(64))
+    state: Mapped[str] = mapped_column(sa.String(16), default="registered")
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Embedding(Base):
+    __tablename__ = "embeddings"
+    __table_args__ = (
+        sa.UniqueConstraint("enrollment_id", "model_version"),
+        sa.Index(None, "space", "speaker_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    enrollment_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("enrollments.id", ondelete="CASCADE"))
+    speaker_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("speakers.id", ondelete="CASCADE"), index=True)
+    model_version: Mapped[str] = mapped_column(
+        sa.String(100), sa.ForeignKey("model_versions.name"))
+    #: the embedding space the vector lives in (a model's own space or an aligned one)
+    space: Mapped[str] = mapped_column(sa.String(100))
+    dim: Mapped[int] = mapped_column(sa.Integer)
+    #: float32, see app.db.FloatVector
+    vector: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    enrollment: Mapped[Enrollment] = relationship(back_populates="embeddings")
+
+
+class Profile(Base):
+    __tablename__ = "profiles"
+    __table_args__ = (
+        sa.UniqueConstraint("speaker_id", "space"),
+        # the gallery of one space is loaded as a whole
+        sa.Index(None, "space"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    speaker_id: Mapped[int] = mapped_column(sa.ForeignKey("speakers.id", ondelete="CASCADE"))
+    space: Mapped[str] = mapped_column(sa.String(100))
+    model_version: Mapped[str] = mapped_column(
+        sa.String(100), sa.ForeignKey("model_versions.name"))
+    dim: Mapped[int] = mapped_column(sa.Integer)
+    #: float32, see app.db.FloatVector
+    vector: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    n_embeddings: Mapped[int] = mapped_column(sa.Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    speaker: Mapped[Speaker] = relationship(back_populates="profiles")
+
+
+class AlignmentArtifact(Base):
+    __tablename__ = "alignment_artifacts"
+    __table_args__ = (
+        sa.CheckConstraint(_one_of("state", ARTIFACT_STATES), name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    source_version: Mapped[str] = mapped_column(sa.String(100))
+    target_version: Mapped[str] = mapped_column(sa.String(100))
+    path: Mapped[str] = mapped_column(sa.String(1024))
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    state: Mapped[str] = mapped_column(sa.String(16), default="registered")
+    threshold: Mapped[float] = mapped_column(sa.Float)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    activated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    #: the first characters of the key, shown to users to tell keys apart
+    prefix: Mapped[str] = mapped_column(sa.String(16), unique=True, index=True)
+    #: sha256 hex of the full key; the key itself is never stored
+    key_hash: Mapped[str] = mapped_column(sa.String(64))
+    #: comma-separated
+    scopes: Mapped[str] = mapped_column(sa.String(500))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.CheckConstraint(_one_of("status", JOB_STATUSES), name="status"),
+        # the claim query: runnable queued jobs in run_after order
+        sa.Index(None, "status", "run_after"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONValue)
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(sa.Integer, default=3)
+    run_after: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    worker_id: Mapped[str | None] = mapped_column(sa.String(200))
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    progress: Mapped[float | None] = mapped_column(sa.Float)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class GalleryChange(Base):
+    """Append-only change log of gallery membership per space.
+
+    Every process keeps an in-memory FAISS index per space; it applies the rows with an
+    id above the last one it has seen. No foreign key to speakers: a delete entry must
+    outlive the speaker it removes.
+    """
+
+    __tablename__ = "gallery_changes"
+    __table_args__ = (
+        sa.CheckConstraint(_one_of("op", GALLERY_OPS), name="op"),
+        sa.Index(None, "space", "id"),
+    )
+
+    # SQLite only autoincrements an INTEGER PRIMARY KEY
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True)
+    space: Mapped[str] = mapped_column(sa.String(100))
+    speaker_id: Mapped[int] = mapped_column(sa.Integer)
+    op: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,149 @@
+"""The OpenAPI 3.1 description of /v1, served at /v1/openapi.json."""
+from __future__ import annotations
+
+
+def _error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+ERRORS = {
+    "400": _error("Malformed request (bad JSON, wrong or missing fields, unreadable audio)."),
+    "401": _error("Missing or invalid API key."),
+    "403": _error("The API key lacks the required scope."),
+    "404": _error("Unknown id."),
+    "413": _error("Upload larger than the configured limit."),
+    "422": _error("Audio too long, or too little speech after voice activity detection."),
+}
+
+
+def _responses(ok: dict, *codes: str) -> dict:
+    return {**ok, **{c: ERRORS[c] for c in codes}}
+
+
+def _audio_form(extra: dict | None = None, required=("audio",)) -> dict:
+    properties = {"audio": {"type": "string", "format": "binary",
+                            "description": "WAV, FLAC, OGG (MP3 where libsndfile reads it); any rate and channels."}}
+    properties.update(extra or {})
+    return {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "properties": properties, "required": list(required)}}}}
+
+
+def _json(ref: str, description: str = "OK") -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+
+
+def openapi_document() -> dict:
+    secured = [{"bearerAuth": []}]
+    speaker_id = {"name": "speaker_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "NESSA speaker enrollment and verification", "version": "1.0.0",
+                 "description": "Enroll speakers with a heavy model; identify and verify them at run time "
+                                "with a light model aligned into the enrollment space."},
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "API key; scopes: enroll, identify, admin"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["code", "message", "detail"],
+                          "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                                         "detail": {"type": "object"}}},
+                "SpeakerRef": {"type": ["object", "null"],
+                               "properties": {"id": {"type": "integer"}, "name": {"type": "string"}}},
+                "Speaker": {"type": "object", "properties": {
+                    "id": {"type": "integer"}, "name": {"type": "string"},
+                    "external_id": {"type": ["string", "null"]}, "enrolled": {"type": "boolean"},
+                    "enrollments": {"type": "array", "items": {"$ref": "#/components/schemas/Enrollment"}},
+                    "profiles": {"type": "array", "items": {"type": "object"}}}},
+                "Enrollment": {"type": "object", "properties": {
+                    "id": {"type": "integer"}, "status": {"type": "string",
+                                                          "enum": ["queued", "processing", "done", "failed"]},
+                    "duration_s": {"type": "number"}, "speech_s": {"type": "number"},
+                    "audio_sha256": {"type": "string"}, "audio_retained": {"type": "boolean"}}},
+                "Job": {"type": "object", "properties": {
+                    "id": {"type": "integer"}, "kind": {"type": "string"},
+                    "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+                    "attempts": {"type": "integer"}, "progress": {"type": ["number", "null"]},
+                    "error": {"type": ["string", "null"]}, "result": {"type": ["object", "null"]}}},
+                "Models": {"type": "object", "properties": {
+                    "runtime_model": {"type": "string"}, "enrollment_space": {"type": "string"},
+                    "alignment": {"type": "string"}}},
+                "Identification": {"type": "object", "properties": {
+                    "speaker": {"$ref": "#/components/schemas/SpeakerRef"},
+                    "score": {"type": ["number", "null"], "description": "calibrated log-likelihood ratio"},
+                    "threshold": {"type": "number"},
+                    "scoring": {"type": ["string", "null"], "enum": ["fused", "alignment", None]},
+                    "candidates": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "integer"}, "name": {"type": "string"}, "score": {"type": "number"},
+                        "scoring": {"type": "string"}}}},
+                    "models": {"$ref": "#/components/schemas/Models"}}},
+                "Verification": {"type": "object", "properties": {
+                    "accepted": {"type": "boolean"}, "score": {"type": "number"}, "threshold": {"type": "number"},
+                    "scoring": {"type": "string"}, "models": {"$ref": "#/components/schemas/Models"}}},
+            },
+        },
+        "paths": {
+            "/v1/health": {"get": {"summary": "Liveness and index sizes (no key needed)", "security": [],
+                                   "responses": {"200": {"description": "OK"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
+                                 "responses": {"200": {"description": "text/plain exposition"}}}},
+            "/v1/speakers": {
+                "post": {"summary": "Create a speaker", "security": secured,
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                             "type": "object", "required": ["name"], "additionalProperties": False,
+                             "properties": {"name": {"type": "string", "maxLength": 200},
+                                            "external_id": {"type": "string", "maxLength": 200}}}}}},
+                         "responses": _responses({"201": _json("#/components/schemas/Speaker", "Created")},
+                                                 "400", "401", "403")},
+                "get": {"summary": "List speakers", "security": secured,
+                        "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                                       {"name": "offset", "in": "query", "schema": {"type": "integer"}}],
+                        "responses": _responses({"200": {"description": "OK"}}, "400", "401", "403")}},
+            "/v1/speakers/{speaker_id}": {
+                "parameters": [speaker_id],
+                "get": {"summary": "Get a speaker", "security": secured,
+                        "responses": _responses({"200": _json("#/components/schemas/Speaker")}, "401", "403", "404")},
+                "delete": {"summary": "Delete a speaker, its embeddings, stored audio and index entries",
+                           "security": secured,
+                           "responses": _responses({"204": {"description": "Deleted"}}, "401", "403", "404")}},
+            "/v1/speakers/{speaker_id}/enrollments": {
+                "parameters": [speaker_id],
+                "post": {"summary": "Add enrollment audio (embedded by a background job)", "security": secured,
+                         "requestBody": _audio_form(),
+                         "responses": _responses({"202": {"description": "Accepted; poll the job",
+                                                          "content": {"application/json": {"schema": {
+                                                              "type": "object", "properties": {
+                                                                  "job": {"$ref": "#/components/schemas/Job"},
+                                                                  "enrollment": {"$ref": "#/components/schemas/Enrollment"}}}}}}},
+                                                 "400", "401", "403", "404", "413", "422")}},
+            "/v1/jobs/{job_id}": {
+                "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "get": {"summary": "Job status", "security": secured,
+                        "responses": _responses({"200": _json("#/components/schemas/Job")}, "401", "403", "404")}},
+            "/v1/identify": {
+                "post": {"summary": "Who is speaking? (open set: speaker null when unknown)", "security": secured,
+                         "requestBody": _audio_form({
+                             "top_k": {"type": "integer", "minimum": 1, "maximum": 100},
+                             "candidates": {"type": "array", "items": {"type": "integer"},
+                                            "description": "restrict to these speaker ids"}}),
+                         "responses": _responses({"200": _json("#/components/schemas/Identification")},
+                                                 "400", "401", "403", "404", "413", "422")}},
+            "/v1/verify": {
+                "post": {"summary": "Is this the claimed speaker?", "security": secured,
+                         "requestBody": _audio_form({"speaker_id": {"type": "integer"}}, ("audio", "speaker_id")),
+                         "responses": _responses({"200": _json("#/components/schemas/Verification")},
+                                                 "400", "401", "403", "404", "413", "422")}},
+            "/v1/keys": {
+                "post": {"summary": "Create an API key (admin)", "security": secured,
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                             "type": "object", "required": ["scopes"],
+                             "properties": {"name": {"type": "string"},
+                                            "scopes": {"type": "array", "items": {
+                                                "type": "string", "enum": ["enroll", "identify", "admin"]}}}}}}},
+                         "responses": _responses({"201": {"description": "Created; the key is shown once"}},
+                                                 "400", "401", "403")}},
+            "/v1/alignments": {
+                "get": {"summary": "Registered alignment artifacts", "security": secured,
+                        "responses": _responses({"200": {"description": "OK"}}, "401", "403")}},
+        },
+    }

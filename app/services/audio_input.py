@@ -1,0 +1,47 @@
+"""Turning an upload into speech samples, with every failure a clear 4xx error."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from app.errors import ApiError
+from speechcore.audio import AudioError, decode_audio
+
+SAMPLE_RATE = 16000
+
+
+@dataclasses.dataclass
+class PreparedAudio:
+    wav: np.ndarray          # the decoded 16 kHz mono signal
+    speech: np.ndarray       # speech samples only (after VAD)
+    duration_s: float
+    speech_s: float
+    source_format: str | None
+    timings_ms: dict
+
+
+def prepare_audio(services, data: bytes, *, min_speech_s: float) -> PreparedAudio:
+    settings = services.settings
+    if not data:
+        raise ApiError(400, "empty_audio", "The uploaded audio file is empty.", {"bytes": 0})
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError(413, "upload_too_large", "The uploaded file is larger than the limit.",
+                       {"bytes": len(data), "max_bytes": settings.max_upload_bytes})
+    t0 = time.perf_counter()
+    try:
+        decoded = decode_audio(data, max_seconds=settings.max_audio_seconds)
+    except AudioError as exc:
+        raise ApiError(exc.http_status, exc.code, exc.message, exc.detail) from exc
+    t1 = time.perf_counter()
+    speech, speech_s = services.vad.speech_only(decoded.wav)
+    t2 = time.perf_counter()
+    if speech_s < min_speech_s:
+        raise ApiError(422, "not_enough_speech",
+                       f"Found {speech_s:.2f} s of speech; at least {min_speech_s:.2f} s is needed.",
+                       {"speech_seconds": round(speech_s, 3), "required_seconds": min_speech_s,
+                        "duration_seconds": round(decoded.duration_s, 3)})
+    return PreparedAudio(wav=decoded.wav, speech=speech, duration_s=decoded.duration_s, speech_s=speech_s,
+                         source_format=decoded.source_format,
+                         timings_ms={"decode": (t1 - t0) * 1e3, "vad": (t2 - t1) * 1e3})

@@ -1,0 +1,143 @@
+"""Enrollment: accepted quickly by the web process, embedded by a worker.
+
+The enrollment row and its job are committed in one transaction, so an accepted
+enrollment always has a job, and the job survives any crash of the worker running it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import pathlib
+import uuid
+
+import numpy as np
+import soundfile as sf
+import sqlalchemy as sa
+
+from app import jobs, models
+from app.db import FloatVector
+from app.services.audio_input import SAMPLE_RATE, prepare_audio
+from app.services.speakers import get_speaker
+from speechcore.embedder import l2_normalise
+
+log = logging.getLogger(__name__)
+ENROLL_JOB = "enroll"
+
+
+def _now():
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def submit_enrollment(services, speaker_id: int, data: bytes):
+    """Validate the audio now (clear 4xx errors), store it, queue the heavy embedding."""
+    settings = services.settings
+    with services.session() as session:
+        get_speaker(session, speaker_id)  # 404 before any work
+    prepared = prepare_audio(services, data, min_speech_s=settings.min_enroll_speech_seconds)
+    # Store the decoded 16 kHz mono signal (lossless FLAC): what the models consume,
+    # and what a model upgrade re-embeds later.
+    folder = settings.audio_dir / str(speaker_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.flac"
+    sf.write(path, prepared.wav, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    try:
+        with services.session() as session:
+            get_speaker(session, speaker_id)  # it may have been deleted meanwhile
+            enrollment = models.Enrollment(
+                speaker_id=speaker_id, status="queued", audio_path=str(path),
+                audio_sha256=hashlib.sha256(data).hexdigest(), audio_bytes=len(data),
+                duration_s=prepared.duration_s, speech_s=prepared.speech_s,
+                source_format=prepared.source_format)
+            session.add(enrollment)
+            session.flush()
+            job = jobs.enqueue(session, ENROLL_JOB, {"enrollment_id": enrollment.id},
+                               max_attempts=settings.job_max_attempts)
+            session.commit()
+            return enrollment, job
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def process_enrollment(services, ctx) -> dict:
+    """Job handler: embed one enrollment with the enrollment model (and the runtime model,
+    for the fused runtime score), store both and refresh the speaker's profiles."""
+    enrollment_id = ctx.payload["enrollment_id"]
+    with services.session() as session:
+        enrollment = session.get(models.Enrollment, enrollment_id)
+        if enrollment is None:  # the speaker was deleted after the job was queued
+            return {"skipped": "enrollment no longer exists"}
+        if enrollment.status == "done":
+            return {"skipped": "already done"}
+        audio_path = enrollment.audio_path
+        enrollment.status = "processing"
+        session.commit()
+    if not audio_path or not pathlib.Path(audio_path).exists():
+        raise jobs.PermanentJobError(f"stored audio for enrollment {enrollment_id} is missing")
+    wav, sr = sf.read(audio_path, dtype="float32")
+    assert sr == SAMPLE_RATE
+    speech, _ = services.vad.speech_only(wav)
+    ctx.set_progress(0.1)
+    enroll_model, runtime_model = services.enroll_embedder, services.runtime_embedder
+    vectors = {enroll_model.version: enroll_model.embed([speech])[0]}
+    ctx.set_progress(0.7)
+    vectors[runtime_model.version] = runtime_model.embed([speech])[0]
+    ctx.set_progress(0.9)
+    with services.session() as session:
+        enrollment = session.get(models.Enrollment, enrollment_id)
+        if enrollment is None:
+            return {"skipped": "enrollment deleted while embedding"}
+        for version in vectors:
+            services.ensure_model_version(session, version)
+        # Re-running after a crash replaces what a previous attempt may have stored.
+        session.execute(sa.delete(models.Embedding).filter_by(enrollment_id=enrollment_id))
+        for version, vector in vectors.items():
+            session.add(models.Embedding(
+                enrollment_id=enrollment_id, speaker_id=enrollment.speaker_id, model_version=version,
+                space=version, dim=int(vector.shape[0]), vector=FloatVector.to_bytes(vector)))
+        enrollment.status = "done"
+        enrollment.completed_at = _now()
+        enrollment.error = None
+        session.flush()
+        for version in vectors:
+            refresh_profile(session, enrollment.speaker_id, space=version, model_version=version)
+        if not services.settings.retain_enrollment_audio:
+            enrollment.audio_path = None
+        session.commit()
+    if not services.settings.retain_enrollment_audio:
+        pathlib.Path(audio_path).unlink(missing_ok=True)
+    return {"enrollment_id": enrollment_id, "spaces": sorted(vectors)}
+
+
+def refresh_profile(session, speaker_id: int, *, space: str, model_version: str) -> None:
+    """Profile = L2-normalised mean of the speaker's enrollment embeddings in `space`."""
+    rows = session.execute(
+        sa.select(models.Embedding.dim, models.Embedding.vector)
+        .join(models.Enrollment, models.Enrollment.id == models.Embedding.enrollment_id)
+        .where(models.Embedding.speaker_id == speaker_id, models.Embedding.space == space,
+               models.Enrollment.status == "done")).all()
+    profile = session.scalar(sa.select(models.Profile).filter_by(speaker_id=speaker_id, space=space))
+    if not rows:
+        if profile is not None:
+            session.delete(profile)
+    else:
+        mean = l2_normalise(np.mean([FloatVector.from_bytes(v, d) for d, v in rows], axis=0))
+        if profile is None:
+            profile = models.Profile(speaker_id=speaker_id, space=space)
+            session.add(profile)
+        profile.model_version = model_version
+        profile.dim = int(mean.shape[0])
+        profile.vector = FloatVector.to_bytes(mean)
+        profile.n_embeddings = len(rows)
+        profile.updated_at = _now()
+    session.add(models.GalleryChange(space=space, speaker_id=speaker_id, op="upsert" if rows else "delete"))
+
+
+def mark_enrollment_failed(services, enrollment_id: int, error: str) -> None:
+    with services.session() as session:
+        enrollment = session.get(models.Enrollment, enrollment_id)
+        if enrollment is not None and enrollment.status != "done":
+            enrollment.status = "failed"
+            enrollment.error = error
+            session.commit()

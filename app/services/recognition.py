@@ -1,0 +1,116 @@
+"""Identification and verification on the runtime path.
+
+A query is embedded by the light runtime model only. Each candidate profile is scored
+with a calibrated log-likelihood ratio from the active alignment artifact:
+  * "fused": the symmetric runtime score (query vs the profile's runtime-space vector)
+    combined with the cross-model score (aligned query vs its enrollment-space vector);
+  * "alignment": the cross-model score alone, for profiles without a runtime vector.
+Responses say which path scored each candidate and which model versions were used.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import sqlalchemy as sa
+
+from app import models
+from app.db import FloatVector
+from app.errors import ApiError
+from app.services.audio_input import prepare_audio
+from app.services.speakers import get_speaker
+
+# Candidates pulled from each index before exact fused re-scoring.
+PRESELECT = 50
+
+
+def _embed_query(services, data: bytes):
+    prepared = prepare_audio(services, data, min_speech_s=services.settings.min_runtime_speech_seconds)
+    timings = dict(prepared.timings_ms)
+    artifact = services.alignment.current()
+    t0 = time.perf_counter()
+    query_runtime = services.runtime_embedder.embed([prepared.speech])[0]
+    t1 = time.perf_counter()
+    query_aligned = artifact.transform(query_runtime[None, :])[0]
+    t2 = time.perf_counter()
+    timings.update(embed=(t1 - t0) * 1e3, align=(t2 - t1) * 1e3)
+    return prepared, artifact, query_runtime, query_aligned, timings
+
+
+def _profiles(session, speaker_ids, space):
+    rows = session.execute(
+        sa.select(models.Profile.speaker_id, models.Profile.dim, models.Profile.vector)
+        .where(models.Profile.space == space, models.Profile.speaker_id.in_(speaker_ids))).all()
+    return {r.speaker_id: FloatVector.from_bytes(r.vector, r.dim) for r in rows}
+
+
+def _score(session, artifact, query_runtime, query_aligned, speaker_ids):
+    """Exact calibrated scores for the given speakers; those without an enrollment-space
+    profile are not scorable and are left out."""
+    enroll_space, runtime_space = artifact.target_version, artifact.source_version
+    enrolled = _profiles(session, speaker_ids, enroll_space)
+    runtime = _profiles(session, list(enrolled), runtime_space)
+    scored = {}
+    for speaker_id, enroll_vector in enrolled.items():
+        cross = float(np.dot(query_aligned, enroll_vector))
+        if speaker_id in runtime:
+            light = float(np.dot(query_runtime, runtime[speaker_id]))
+            scored[speaker_id] = (float(artifact.score_fused(light, cross)), "fused")
+        else:
+            scored[speaker_id] = (float(artifact.score_cross(cross)), "alignment")
+    return scored
+
+
+def _versions(services, artifact):
+    return {"runtime_model": artifact.source_version, "enrollment_space": artifact.target_version,
+            "alignment": artifact.name}
+
+
+def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | None = None) -> dict:
+    prepared, artifact, query_runtime, query_aligned, timings = _embed_query(services, data)
+    t0 = time.perf_counter()
+    gallery = services.gallery
+    gallery.sync()
+    restrict = sorted(set(candidates)) if candidates else None
+    hits = gallery.search(artifact.target_version, query_aligned, PRESELECT, restrict_to=restrict)
+    hits += gallery.search(artifact.source_version, query_runtime, PRESELECT, restrict_to=restrict)
+    ids = sorted({speaker_id for speaker_id, _ in hits})
+    with services.session() as session:
+        scored = _score(session, artifact, query_runtime, query_aligned, ids) if ids else {}
+        names = dict(session.execute(
+            sa.select(models.Speaker.id, models.Speaker.name).where(models.Speaker.id.in_(list(scored)))).all())
+    timings["search"] = (time.perf_counter() - t0) * 1e3
+    ranked = sorted(((s, path, i) for i, (s, path) in scored.items() if i in names), reverse=True)[:top_k]
+    threshold = float(artifact.operating_threshold)
+    best = ranked[0] if ranked else None
+    accepted = best is not None and best[0] >= threshold
+    return {
+        "speaker": {"id": best[2], "name": names[best[2]]} if accepted else None,
+        "score": best[0] if best else None,
+        "threshold": threshold,
+        "scoring": best[1] if best else None,
+        "candidates": [{"id": i, "name": names[i], "score": s, "scoring": path} for s, path, i in ranked],
+        "speech_seconds": round(prepared.speech_s, 3),
+        "models": _versions(services, artifact),
+        "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+def verify(services, data: bytes, *, speaker_id: int) -> dict:
+    with services.session() as session:
+        get_speaker(session, speaker_id)
+    prepared, artifact, query_runtime, query_aligned, timings = _embed_query(services, data)
+    with services.session() as session:
+        speaker = get_speaker(session, speaker_id)
+        scored = _score(session, artifact, query_runtime, query_aligned, [speaker_id])
+        name = speaker.name
+    if speaker_id not in scored:
+        raise ApiError(409, "speaker_not_enrolled",
+                       "This speaker has no completed enrollment yet; wait for its enrollment job.",
+                       {"speaker_id": speaker_id})
+    score, path = scored[speaker_id]
+    threshold = float(artifact.operating_threshold)
+    return {"accepted": score >= threshold, "score": score, "threshold": threshold, "scoring": path,
+            "speaker": {"id": speaker_id, "name": name}, "speech_seconds": round(prepared.speech_s, 3),
+            "models": _versions(services, artifact),
+            "timings_ms": {k: round(v, 3) for k, v in timings.items()}}

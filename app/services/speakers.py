@@ -1,0 +1,77 @@
+"""Speakers and their stored data."""
+from __future__ import annotations
+
+import pathlib
+
+import sqlalchemy as sa
+
+from app import models
+from app.errors import ApiError, not_found
+
+
+def speaker_to_dict(session, speaker: models.Speaker) -> dict:
+    enrollments = session.scalars(
+        sa.select(models.Enrollment).filter_by(speaker_id=speaker.id).order_by(models.Enrollment.id)).all()
+    profiles = session.scalars(sa.select(models.Profile).filter_by(speaker_id=speaker.id)).all()
+    return {
+        "id": speaker.id, "name": speaker.name, "external_id": speaker.external_id,
+        "created_at": speaker.created_at.isoformat(),
+        "enrollments": [enrollment_to_dict(e) for e in enrollments],
+        "profiles": [{"space": p.space, "model_version": p.model_version, "n_embeddings": p.n_embeddings,
+                      "updated_at": p.updated_at.isoformat()} for p in profiles],
+        "enrolled": any(p.space for p in profiles),
+    }
+
+
+def enrollment_to_dict(e: models.Enrollment) -> dict:
+    return {"id": e.id, "speaker_id": e.speaker_id, "status": e.status, "audio_sha256": e.audio_sha256,
+            "duration_s": e.duration_s, "speech_s": e.speech_s, "audio_retained": e.audio_path is not None,
+            "error": e.error, "created_at": e.created_at.isoformat(),
+            "completed_at": e.completed_at.isoformat() if e.completed_at else None}
+
+
+def create_speaker(session, *, name: str, external_id: str | None) -> models.Speaker:
+    if external_id is not None:
+        clash = session.scalar(sa.select(models.Speaker.id).filter_by(external_id=external_id))
+        if clash is not None:
+            raise ApiError(409, "external_id_taken", "Another speaker already has this external_id.",
+                           {"external_id": external_id, "speaker_id": clash})
+    speaker = models.Speaker(name=name, external_id=external_id)
+    session.add(speaker)
+    session.flush()
+    return speaker
+
+
+def get_speaker(session, speaker_id: int) -> models.Speaker:
+    speaker = session.get(models.Speaker, speaker_id)
+    if speaker is None:
+        raise not_found("speaker", speaker_id)
+    return speaker
+
+
+def delete_speaker(session, speaker_id: int) -> list[pathlib.Path]:
+    """Delete the speaker and everything derived from it; returns audio files to remove
+    once the transaction has committed (so a failed commit loses nothing)."""
+    speaker = get_speaker(session, speaker_id)
+    files = [pathlib.Path(p) for p in session.scalars(
+        sa.select(models.Enrollment.audio_path).filter_by(speaker_id=speaker_id)) if p]
+    spaces = set(session.scalars(sa.select(models.Profile.space).filter_by(speaker_id=speaker_id)))
+    spaces |= set(session.scalars(sa.select(models.Embedding.space).filter_by(speaker_id=speaker_id)))
+    # Explicit deletes (not only ON DELETE CASCADE) so both databases behave the same.
+    session.execute(sa.delete(models.Embedding).filter_by(speaker_id=speaker_id))
+    session.execute(sa.delete(models.Profile).filter_by(speaker_id=speaker_id))
+    session.execute(sa.delete(models.Enrollment).filter_by(speaker_id=speaker_id))
+    session.delete(speaker)
+    for space in sorted(spaces):
+        session.add(models.GalleryChange(space=space, speaker_id=speaker_id, op="delete"))
+    return files
+
+
+def remove_files(paths: list[pathlib.Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+        parent = path.parent
+        try:
+            parent.rmdir()  # the speaker's folder, once empty
+        except OSError:
+            pass

@@ -1,0 +1,33 @@
+"""The job worker: `nessa worker` runs one; `nessa serve --with-worker` runs one in-process.
+Run as many as you like, on as many hosts as share the PostgreSQL database."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from app import jobs
+from app.services import enrollment
+
+log = logging.getLogger(__name__)
+
+
+def _enrollment_handler(services):
+    def handle(ctx):
+        try:
+            return enrollment.process_enrollment(services, ctx)
+        except Exception as exc:
+            permanent = isinstance(exc, jobs.PermanentJobError)
+            if permanent or ctx.attempt >= ctx.max_attempts:
+                enrollment.mark_enrollment_failed(services, ctx.payload["enrollment_id"], str(exc))
+            raise
+
+    return handle
+
+
+def build_worker(services, *, worker_id: str | None = None) -> jobs.Worker:
+    handlers = {enrollment.ENROLL_JOB: _enrollment_handler(services)}
+    return jobs.Worker(services.session_factory, handlers,
+                       worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}",
+                       lease_seconds=services.settings.job_lease_seconds,
+                       poll_seconds=services.settings.worker_poll_seconds)
