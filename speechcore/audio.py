@@ -95,7 +95,7 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None,
         handle = sf.SoundFile(io.BytesIO(data))
     except (sf.SoundFileError, RuntimeError) as exc:
         raise UndecodableAudioError(
-            "the upload is not audio in a supported format (WAV, FLAC, OGG/Vorbis, MP3)",
+            "could not decode the upload as audio (supported: WAV, FLAC, OGG/Vorbis, MP3)",
             detail={"decoder": "libsndfile", "decoder_error": _decoder_message(exc),
                     "size_bytes": len(data)}) from exc
     with handle:

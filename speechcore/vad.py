@@ -1,0 +1,101 @@
+"""Silero VAD (v6, MIT) run from the TorchScript file shipped in the silero-vad package.
+
+The model is scored over 512-sample windows (32 ms at 16 kHz) with its recurrent state
+carried from window to window; the TorchScript file's own ``audio_forward`` runs that loop
+in one call, giving the same probabilities as silero's ``get_speech_timestamps`` loop,
+only faster. Turning probabilities into segments is silero's own
+``get_speech_timestamps_from_probs`` (pure Python), so thresholds, hangover and padding
+behave exactly as upstream.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+
+import numpy as np
+import torch
+
+from speechcore.audio import resample
+from speechcore.embedder import installed_package_file
+
+VAD_SAMPLE_RATE = 16000
+_WINDOW_SAMPLES = 512
+# The TorchScript model keeps its recurrent state inside the module, so concurrent calls
+# (web threads and the job worker) must not interleave.
+_MODEL_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _silero_model() -> torch.jit.ScriptModule:
+    path = installed_package_file("silero_vad", "data/silero_vad.jit")
+    model = torch.jit.load(str(path), map_location="cpu")
+    model.eval()
+    return model
+
+
+@functools.lru_cache(maxsize=1)
+def _timestamps_from_probs():
+    # silero_vad/model.py calls torch.set_num_threads(1) at import time; keep ours.
+    threads = torch.get_num_threads()
+    try:
+        from silero_vad.utils_vad import get_speech_timestamps_from_probs
+    finally:
+        torch.set_num_threads(threads)
+    return get_speech_timestamps_from_probs
+
+
+class SileroVAD:
+    """Speech segments of a waveform. Cheap to construct: the model is loaded once per
+    process and shared by all instances."""
+
+    def __init__(self, threshold: float = 0.5, min_speech_duration_ms: int = 250,
+                 min_silence_duration_ms: int = 100, speech_pad_ms: int = 30):
+        self.threshold = threshold
+        self.min_speech_duration_ms = min_speech_duration_ms
+        self.min_silence_duration_ms = min_silence_duration_ms
+        self.speech_pad_ms = speech_pad_ms
+        _silero_model()
+        _timestamps_from_probs()
+
+    def speech_probabilities(self, wav16k: np.ndarray) -> np.ndarray:
+        """Speech probability of each 512-sample window of a 16 kHz waveform."""
+        audio = torch.from_numpy(np.ascontiguousarray(wav16k, dtype=np.float32))
+        if audio.numel() < _WINDOW_SAMPLES:
+            # audio_forward rejects inputs shorter than one window
+            audio = torch.nn.functional.pad(audio, (0, _WINDOW_SAMPLES - audio.numel()))
+        model = _silero_model()
+        with _MODEL_LOCK, torch.inference_mode():
+            model.reset_states()
+            probabilities = model.audio_forward(audio, VAD_SAMPLE_RATE)
+            model.reset_states()
+        return probabilities[0].numpy()
+
+    def segments(self, wav: np.ndarray, sample_rate: int = VAD_SAMPLE_RATE
+                 ) -> list[tuple[float, float]]:
+        """(start, end) of each speech segment in seconds, padded by speech_pad_ms."""
+        return [(start / VAD_SAMPLE_RATE, end / VAD_SAMPLE_RATE)
+                for start, end in self._spans_16k(wav, sample_rate)]
+
+    def speech_only(self, wav: np.ndarray, sample_rate: int = VAD_SAMPLE_RATE
+                    ) -> tuple[np.ndarray, float]:
+        """The speech segments concatenated (at the input rate) and their total seconds."""
+        wav = np.asarray(wav, dtype=np.float32)
+        scale = sample_rate / VAD_SAMPLE_RATE
+        pieces = [wav[int(round(start * scale)):int(round(end * scale))]
+                  for start, end in self._spans_16k(wav, sample_rate)]
+        speech = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        return speech, len(speech) / sample_rate
+
+    def _spans_16k(self, wav: np.ndarray, sample_rate: int) -> list[tuple[int, int]]:
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim != 1:
+            raise ValueError(f"expected a mono 1-D waveform, got shape {wav.shape}")
+        wav16k = resample(wav, sample_rate, VAD_SAMPLE_RATE)
+        if wav16k.size == 0:
+            return []
+        stamps = _timestamps_from_probs()(
+            self.speech_probabilities(wav16k).tolist(), sampling_rate=VAD_SAMPLE_RATE,
+            threshold=self.threshold, min_speech_duration_ms=self.min_speech_duration_ms,
+            min_silence_duration_ms=self.min_silence_duration_ms,
+            speech_pad_ms=self.speech_pad_ms, audio_length_samples=len(wav16k))
+        return [(int(stamp["start"]), int(stamp["end"])) for stamp in stamps]

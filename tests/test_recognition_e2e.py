@@ -1,0 +1,130 @@
+"""The issue's acceptance test, through the REST API on real speech:
+enroll 8 LibriSpeech test-other speakers (3 utterances each), identify every other
+utterance of theirs with the runtime path, and check that the 2 never-enrolled speakers
+come back unknown; then verify, and delete a speaker."""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from tests.conftest import ServiceHarness, fresh_database, make_settings, requires_shared_data
+
+pytestmark = [pytest.mark.data, pytest.mark.slow]
+ENROLL_UTTERANCES = 3
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    root = requires_shared_data("librispeech", "test-other")
+    speakers = sorted(p for p in root.iterdir() if p.is_dir())
+    assert len(speakers) == 10
+    utterances = {p.name: sorted(p.glob("*.flac")) for p in speakers}
+    # Hold back two speakers (one of each gender where the sorted order allows).
+    held_back = [speakers[3].name, speakers[8].name]
+    enrolled = [p.name for p in speakers if p.name not in held_back]
+    return utterances, enrolled, held_back
+
+
+@pytest.fixture(scope="module")
+def enrolled_service(corpus, tmp_path_factory, test_database_kind):
+    utterances, enrolled, _ = corpus
+    tmp = tmp_path_factory.mktemp("e2e")
+    with fresh_database(test_database_kind, tmp) as url:
+        harness = ServiceHarness(make_settings(tmp, url))
+        ids = {}
+        for name in enrolled:
+            ids[name] = harness.create_speaker(f"speaker {name}", external_id=name)
+            for path in utterances[name][:ENROLL_UTTERANCES]:
+                response = harness.upload(path, f"/v1/speakers/{ids[name]}/enrollments", "enroll")
+                assert response.status_code == 202, response.get_json()
+                assert response.get_json()["job"]["status"] == "queued"
+        assert harness.drain_jobs() == len(enrolled) * ENROLL_UTTERANCES
+        yield harness, ids
+        harness.close()
+
+
+def _identify(harness, path: pathlib.Path) -> dict:
+    response = harness.upload(path, "/v1/identify", "identify", top_k="3")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def test_enrollment_jobs_complete_and_build_profiles(enrolled_service):
+    harness, ids = enrolled_service
+    for speaker_id in ids.values():
+        speaker = harness.client.get(f"/v1/speakers/{speaker_id}", headers=harness.headers("enroll")).get_json()
+        assert [e["status"] for e in speaker["enrollments"]] == ["done"] * ENROLL_UTTERANCES
+        spaces = {p["space"]: p["n_embeddings"] for p in speaker["profiles"]}
+        assert spaces == {"campplus-192": ENROLL_UTTERANCES, "ge2e-256": ENROLL_UTTERANCES}
+    assert harness.services.gallery.sizes()["campplus-192"] == len(ids)
+
+
+def test_identification_accuracy_on_test_other(enrolled_service, corpus):
+    harness, ids = enrolled_service
+    utterances, enrolled, held_back = corpus
+    correct = total = 0
+    for name in enrolled:
+        for path in utterances[name][ENROLL_UTTERANCES:]:
+            result = _identify(harness, path)
+            total += 1
+            correct += result["speaker"] is not None and result["speaker"]["id"] == ids[name]
+            assert result["models"] == {"runtime_model": "ge2e-256", "enrollment_space": "campplus-192",
+                                        "alignment": result["models"]["alignment"]}
+            assert result["scoring"] == "fused"
+    unknown = unknown_total = 0
+    for name in held_back:
+        for path in utterances[name]:
+            result = _identify(harness, path)
+            unknown_total += 1
+            unknown += result["speaker"] is None
+    accuracy, rejection = correct / total, unknown / unknown_total
+    print(f"\ntop-1 accuracy {correct}/{total} = {accuracy:.3f}; unknown rejected {unknown}/{unknown_total} "
+          f"= {rejection:.3f}")
+    assert total == 8 * 7 and unknown_total == 20
+    assert accuracy >= 0.95
+    assert rejection >= 0.90
+
+
+def test_verify_accepts_the_true_speaker_and_rejects_an_impostor(enrolled_service, corpus):
+    harness, ids = enrolled_service
+    utterances, enrolled, held_back = corpus
+    claimed = enrolled[0]
+    genuine = harness.upload(utterances[claimed][-1], "/v1/verify", "identify", speaker_id=str(ids[claimed]))
+    impostor = harness.upload(utterances[held_back[0]][0], "/v1/verify", "identify", speaker_id=str(ids[claimed]))
+    assert genuine.status_code == impostor.status_code == 200
+    g, i = genuine.get_json(), impostor.get_json()
+    assert g["accepted"] is True and g["score"] >= g["threshold"]
+    assert i["accepted"] is False and i["score"] < i["threshold"]
+    # the threshold is the one documented in the active artifact
+    artifact = harness.services.alignment.current()
+    assert g["threshold"] == pytest.approx(artifact.operating_threshold)
+
+
+def test_candidates_restrict_identification(enrolled_service, corpus):
+    harness, ids = enrolled_service
+    utterances, enrolled, _ = corpus
+    target, other = enrolled[1], enrolled[2]
+    result = harness.upload(utterances[target][-1], "/v1/identify", "identify",
+                            candidates=f"{ids[other]}").get_json()
+    assert {c["id"] for c in result["candidates"]} == {ids[other]}
+    assert result["speaker"] is None  # the true speaker is not among the candidates
+
+
+def test_delete_removes_profile_audio_and_index_entries(enrolled_service, corpus):
+    harness, ids = enrolled_service
+    utterances, enrolled, _ = corpus
+    victim = enrolled[-1]
+    speaker_id = ids[victim]
+    before = _identify(harness, utterances[victim][-1])
+    assert before["speaker"] and before["speaker"]["id"] == speaker_id
+    audio_dir = harness.settings.audio_dir / str(speaker_id)
+    files = list(audio_dir.glob("*.flac"))
+    assert len(files) == ENROLL_UTTERANCES
+    assert harness.client.delete(f"/v1/speakers/{speaker_id}", headers=harness.headers("enroll")).status_code == 204
+    assert not any(f.exists() for f in files)
+    after = _identify(harness, utterances[victim][-1])
+    assert all(c["id"] != speaker_id for c in after["candidates"])
+    assert not harness.services.gallery.contains("campplus-192", speaker_id)
+    assert not harness.services.gallery.contains("ge2e-256", speaker_id)
+    ids.pop(victim)
