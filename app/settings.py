@@ -83,10 +83,13 @@ def _coerce(field: dataclasses.Field, raw: str):
         if raw.lower() in {"0", "false", "no", "off"}:
             return False
         raise ValueError(f"{PREFIX}{field.name.upper()} must be a boolean, got {raw!r}")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
+    try:
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{PREFIX}{field.name.upper()} must be a number, got {raw!r}") from None
     if isinstance(default, pathlib.Path):
         return pathlib.Path(raw).expanduser().resolve()
     return raw
