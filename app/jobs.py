@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import socket
@@ -293,6 +294,17 @@ def fail(session_factory: sessionmaker[Session], job_id: int, worker_id: str, er
         return updated == 1
 
 
+def _unstorable(result) -> str | None:
+    """Why a handler's result cannot go into the JSON column, or None if it can."""
+    if result is not None and not isinstance(result, dict):
+        return f"could not store result: handler returned {type(result).__name__}, not a dict"
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        return f"could not store result: {exc}"
+    return None
+
+
 # --- worker -----------------------------------------------------------------------------
 
 class JobContext:
@@ -374,15 +386,13 @@ class Worker:
             fail(self.session_factory, job.id, self.worker_id, f"{type(exc).__name__}: {exc}",
                  retry=True)
             return True
-        try:
-            if complete(self.session_factory, job.id, self.worker_id, result):
-                log.info("job %s (%s) succeeded", job.id, job.kind)
-        except sa.exc.StatementError as exc:
-            # e.g. a result that is not JSON-serialisable: a handler bug, retrying won't help
-            log.exception("job %s (%s): could not store its result", job.id, job.kind)
-            fail(self.session_factory, job.id, self.worker_id,
-                 f"could not store result: {type(exc.orig or exc).__name__}: {exc.orig or exc}",
-                 retry=False)
+        problem = _unstorable(result)
+        if problem:
+            # a handler bug; running it again would produce the same result
+            log.error("job %s (%s): %s", job.id, job.kind, problem)
+            fail(self.session_factory, job.id, self.worker_id, problem, retry=False)
+        elif complete(self.session_factory, job.id, self.worker_id, result):
+            log.info("job %s (%s) succeeded", job.id, job.kind)
         return True
 
     def _heartbeat_loop(self, context: JobContext, stop: threading.Event) -> None:

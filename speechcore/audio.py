@@ -10,7 +10,9 @@ checks of its own:
 
 * a truncated WAV is *not* an error for libsndfile: it shrinks the frame count to what is
   present and only notes ``data : N (should be M)`` in its log. We compare the RIFF
-  ``data`` chunk's declared size with the bytes present and reject the file;
+  ``data`` chunk's declared size with the bytes present and reject the file. The other
+  uncompressed containers (RF64, W64, AIFF, ...) behave the same way; for them we reject
+  when libsndfile's log shows a declared size larger than what the file holds;
 * a truncated FLAC raises ("flac decoder lost sync", or a failed seek when cut on a frame
   boundary); a truncated MP3 decodes fewer frames than its header declares. Both are
   caught by comparing decoded frames with the header's frame count. MP3 headers without
@@ -28,6 +30,7 @@ import dataclasses
 import io
 import math
 import pathlib
+import re
 
 import numpy as np
 import soundfile as sf
@@ -109,10 +112,7 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None,
             raise UndecodableAudioError(
                 "the audio stream declares no length (streamed encoding); re-encode it as a "
                 "regular file", detail=described)
-        if source_format == "wav":
-            _check_riff_complete(data, handle.extra_info, described)
-        elif source_format == "ogg":
-            _check_ogg_complete(data, described)
+        _check_container_complete(data, handle.extra_info, described)
         if declared_frames == 0:
             raise EmptyAudioError("the audio contains no samples", detail=described)
         _check_duration(declared_frames / sample_rate, max_seconds)
@@ -173,6 +173,29 @@ def _check_duration(duration_s: float, max_seconds: float | None) -> None:
         raise AudioTooLongError(
             f"the audio lasts {duration_s:.1f} s, more than the {max_seconds:g} s allowed",
             detail={"duration_s": round(duration_s, 3), "max_s": max_seconds})
+
+
+def _check_container_complete(data: bytes, decoder_log: str, described: dict) -> None:
+    source_format = described["format"]
+    if source_format in ("wav", "wavex"):
+        _check_riff_complete(data, decoder_log, described)
+    elif source_format == "ogg":
+        _check_ogg_complete(data, described)
+    elif source_format not in ("flac", "mp3"):  # those fail or come up short when decoded
+        _check_declared_sizes(decoder_log, described)
+
+
+_SIZE_IN_LOG = re.compile(r"^\s*(\S[^:\n]*?)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _check_declared_sizes(decoder_log: str, described: dict) -> None:
+    """Reject when libsndfile logged a chunk declaring more bytes than the file holds."""
+    shortfalls = [match.group(0).strip() for match in _SIZE_IN_LOG.finditer(decoder_log)
+                  if int(match.group(3)) < int(match.group(2))]
+    if shortfalls:
+        raise UndecodableAudioError(
+            "the audio file is truncated: it is shorter than its header declares",
+            detail={**described, "decoder_log": shortfalls})
 
 
 def _check_riff_complete(data: bytes, decoder_log: str, described: dict) -> None:

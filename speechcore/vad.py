@@ -6,6 +6,10 @@ in one call, giving the same probabilities as silero's ``get_speech_timestamps``
 only faster. Turning probabilities into segments is silero's own
 ``get_speech_timestamps_from_probs`` (pure Python), so thresholds, hangover and padding
 behave exactly as upstream.
+
+Run it with one torch thread (Settings.torch_threads): each 512-sample window is far too
+small to gain from intra-op threads, and on a busy machine two threads made it 10-50x
+slower in our measurements.
 """
 from __future__ import annotations
 
@@ -30,6 +34,13 @@ def _silero_model() -> torch.jit.ScriptModule:
     path = installed_package_file("silero_vad", "data/silero_vad.jit")
     model = torch.jit.load(str(path), map_location="cpu")
     model.eval()
+    # TorchScript's profiling executor optimises the graph on the first calls; pay that
+    # here (about 0.1 s) instead of on the first request.
+    with torch.inference_mode():
+        for _ in range(2):
+            model.reset_states()
+            model.audio_forward(torch.zeros(8 * _WINDOW_SAMPLES), VAD_SAMPLE_RATE)
+        model.reset_states()
     return model
 
 

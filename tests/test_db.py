@@ -113,20 +113,22 @@ def test_float_vector_checks_dimension_on_decode():
 
 
 def _speaker_with_data(session, name: str) -> models.Speaker:
-    vector = np.random.default_rng(len(name)).standard_normal(4).astype(np.float32)
+    """A speaker with one enrollment, one embedding, one profile and one change-log row."""
+    blob = db.FloatVector.to_bytes(np.arange(4, dtype=np.float32), 4)
     speaker = models.Speaker(name=name, external_id=f"ext-{name}")
-    enrollment = models.Enrollment(speaker=speaker, status="done", audio_sha256="0" * 64,
-                                   audio_bytes=10, duration_s=1.0)
-    enrollment.embeddings.append(models.Embedding(
-        speaker=None, model_version="test-4", space="test-4", dim=4,
-        vector=db.FloatVector.to_bytes(vector, 4)))
-    speaker.profiles.append(models.Profile(space="test-4", model_version="test-4", dim=4,
-                                           vector=db.FloatVector.to_bytes(vector, 4),
-                                           n_embeddings=1))
     session.add(speaker)
     session.flush()
-    enrollment.embeddings[0].speaker_id = speaker.id
-    session.add(models.GalleryChange(space="test-4", speaker_id=speaker.id, op="upsert"))
+    enrollment = models.Enrollment(speaker_id=speaker.id, status="done", audio_sha256="0" * 64,
+                                   audio_bytes=10, duration_s=1.0)
+    session.add(enrollment)
+    session.flush()
+    session.add_all([
+        models.Embedding(enrollment_id=enrollment.id, speaker_id=speaker.id, model_version="test-4",
+                         space="test-4", dim=4, vector=blob),
+        models.Profile(speaker_id=speaker.id, space="test-4", model_version="test-4", dim=4,
+                       vector=blob, n_embeddings=1),
+        models.GalleryChange(space="test-4", speaker_id=speaker.id, op="upsert"),
+    ])
     session.flush()
     return speaker
 
@@ -159,7 +161,8 @@ def test_deleting_a_speaker_cascades(session_factory, delete_with):
         # the change log has no foreign key: the delete must be announced after the row is gone
         assert _count(session, models.GalleryChange, speaker_id=doomed_id) == 1
         stored = session.scalars(sa.select(models.Profile)).one()
-        assert db.FloatVector.from_bytes(stored.vector, stored.dim).shape == (4,)
+        np.testing.assert_array_equal(db.FloatVector.from_bytes(stored.vector, stored.dim),
+                                      np.arange(4, dtype=np.float32))
 
 
 def test_embedding_needs_a_registered_model_version(session_factory):

@@ -1,0 +1,395 @@
+"""The database-backed job queue, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from app import db, jobs
+from app.models import Job, utcnow
+
+CRASH_WORKER = pathlib.Path(__file__).with_name("crash_worker.py")
+
+
+@pytest.fixture
+def session_factory(database_url):
+    db.upgrade(database_url)
+    engine = db.make_engine(database_url)
+    yield db.make_session_factory(engine)
+    engine.dispose()
+
+
+def _enqueue(session_factory, kind="test", payload=None, **options) -> int:
+    with session_factory() as session:
+        job = jobs.enqueue(session, kind, payload or {}, **options)
+        session.commit()
+        return job.id
+
+
+def _job(session_factory, job_id) -> Job:
+    with session_factory() as session:
+        return jobs.get_job(session, job_id)
+
+
+def _set(session_factory, job_id, **values) -> None:
+    with session_factory() as session:
+        session.execute(sa.update(Job).where(Job.id == job_id).values(**values))
+        session.commit()
+
+
+def _expire_lease(session_factory, job_id) -> None:
+    _set(session_factory, job_id, lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+
+
+def test_enqueue_belongs_to_the_callers_transaction(session_factory):
+    with session_factory() as session:
+        jobs.enqueue(session, "test", {"n": 1})
+        session.rollback()
+    assert jobs.claim_next(session_factory, "w", lease_seconds=30) is None
+
+    job_id = _enqueue(session_factory, payload={"n": 2}, max_attempts=5)
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts, job.max_attempts, job.payload) == ("queued", 0, 5, {"n": 2})
+
+
+def test_claim_and_complete(session_factory):
+    job_id = _enqueue(session_factory, payload={"enrollment_id": 7})
+    before = utcnow()
+    claimed = jobs.claim_next(session_factory, "worker-a", lease_seconds=30)
+    assert claimed is not None
+    assert (claimed.id, claimed.kind, claimed.payload, claimed.attempt, claimed.worker_id) == (
+        job_id, "test", {"enrollment_id": 7}, 1, "worker-a")
+
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts, job.worker_id) == ("running", 1, "worker-a")
+    assert job.started_at >= before - dt.timedelta(seconds=1)
+    assert dt.timedelta(seconds=29) < job.lease_expires_at - before < dt.timedelta(seconds=32)
+    assert jobs.claim_next(session_factory, "worker-b", lease_seconds=30) is None
+
+    assert jobs.complete(session_factory, job_id, "worker-a", {"ok": True})
+    job = _job(session_factory, job_id)
+    assert (job.status, job.result, job.lease_expires_at) == ("succeeded", {"ok": True}, None)
+    assert job.finished_at >= job.started_at
+    assert not jobs.complete(session_factory, job_id, "worker-a", {"again": True})
+    assert _job(session_factory, job_id).result == {"ok": True}
+
+
+def test_claims_oldest_due_job_of_the_requested_kinds(session_factory):
+    later = _enqueue(session_factory, kind="a")
+    _set(session_factory, later, run_after=utcnow() + dt.timedelta(hours=1))
+    first = _enqueue(session_factory, kind="a")
+    other_kind = _enqueue(session_factory, kind="b")
+    second = _enqueue(session_factory, kind="a")
+
+    assert jobs.claim_next(session_factory, "w", lease_seconds=30, kinds=[]) is None
+    claimed = [jobs.claim_next(session_factory, "w", lease_seconds=30, kinds=["a"]) for _ in range(3)]
+    assert [c and c.id for c in claimed] == [first, second, None]
+    assert jobs.claim_next(session_factory, "w", lease_seconds=30).id == other_kind
+
+
+def _claim_concurrently(session_factory, n_workers: int) -> list[int]:
+    claimed: list[int] = []
+    lock = threading.Lock()
+    start = threading.Barrier(n_workers)
+    errors: list[BaseException] = []
+
+    def work(worker_id: str):
+        try:
+            start.wait()
+            while (job := jobs.claim_next(session_factory, worker_id, lease_seconds=30)) is not None:
+                with lock:
+                    claimed.append(job.id)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(n_workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    return claimed
+
+
+def test_concurrent_workers_never_claim_the_same_job(session_factory):
+    with session_factory() as session:
+        ids = [jobs.enqueue(session, "test", {"i": i}) for i in range(40)]
+        session.commit()
+        ids = [job.id for job in ids]
+
+    claimed = _claim_concurrently(session_factory, n_workers=6)
+
+    assert sorted(claimed) == sorted(ids)  # each job exactly once
+    with session_factory() as session:
+        rows = session.scalars(sa.select(Job)).all()
+        assert {(row.status, row.attempts) for row in rows} == {("running", 1)}
+        # every worker's claims are recorded under its own id
+        assert len({row.worker_id for row in rows}) > 1
+
+
+def test_expired_lease_is_taken_over(session_factory):
+    job_id = _enqueue(session_factory)
+    first = jobs.claim_next(session_factory, "worker-a", lease_seconds=30)
+    _expire_lease(session_factory, job_id)
+
+    second = jobs.claim_next(session_factory, "worker-b", lease_seconds=30)
+    assert (second.id, second.attempt, second.worker_id) == (job_id, 2, "worker-b")
+    assert "worker-a lost during attempt 1" in _job(session_factory, job_id).error
+
+    # the old owner can no longer touch the job
+    assert not jobs.heartbeat(session_factory, job_id, first.worker_id, lease_seconds=30)
+    assert not jobs.complete(session_factory, job_id, first.worker_id, {"from": "a"})
+    assert not jobs.fail(session_factory, job_id, first.worker_id, "late", retry=False)
+    assert jobs.complete(session_factory, job_id, "worker-b", {"from": "b"})
+    job = _job(session_factory, job_id)
+    assert (job.status, job.result, job.attempts) == ("succeeded", {"from": "b"}, 2)
+
+
+def test_worker_lost_on_every_attempt_fails_the_job(session_factory):
+    job_id = _enqueue(session_factory, max_attempts=2)
+    jobs.claim_next(session_factory, "worker-a", lease_seconds=30)
+    _expire_lease(session_factory, job_id)
+    jobs.claim_next(session_factory, "worker-b", lease_seconds=30)
+    _expire_lease(session_factory, job_id)
+    next_job = _enqueue(session_factory)
+
+    # the exhausted job is failed and the search goes on to the next one
+    claimed = jobs.claim_next(session_factory, "worker-c", lease_seconds=30)
+    assert claimed.id == next_job
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts, job.error) == ("failed", 2, "worker lost 2 times")
+    assert job.finished_at is not None
+
+
+def test_heartbeat_extends_lease_and_records_progress(session_factory):
+    job_id = _enqueue(session_factory)
+    jobs.claim_next(session_factory, "w", lease_seconds=5)
+    lease_before = _job(session_factory, job_id).lease_expires_at
+
+    assert jobs.heartbeat(session_factory, job_id, "w", lease_seconds=60, progress=0.25)
+    job = _job(session_factory, job_id)
+    assert job.lease_expires_at - lease_before > dt.timedelta(seconds=50)
+    assert job.progress == 0.25
+    assert not jobs.heartbeat(session_factory, job_id, "someone-else", lease_seconds=60)
+
+
+def test_fail_with_retry_backs_off_then_gives_up(session_factory):
+    job_id = _enqueue(session_factory, max_attempts=2)
+    jobs.claim_next(session_factory, "w", lease_seconds=30)
+
+    assert jobs.fail(session_factory, job_id, "w", "flaky", retry=True)
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts, job.error, job.worker_id) == ("queued", 1, "flaky", None)
+    assert job.run_after > utcnow()  # backoff: not runnable yet
+    assert jobs.claim_next(session_factory, "w", lease_seconds=30) is None
+
+    _set(session_factory, job_id, run_after=utcnow() - dt.timedelta(seconds=1))
+    assert jobs.claim_next(session_factory, "w", lease_seconds=30).attempt == 2
+    assert jobs.fail(session_factory, job_id, "w", "flaky again", retry=True)
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts, job.error) == ("failed", 2, "flaky again")
+    assert jobs.claim_next(session_factory, "w", lease_seconds=30) is None
+
+
+def test_fail_without_retry_is_final(session_factory):
+    job_id = _enqueue(session_factory, max_attempts=3)
+    jobs.claim_next(session_factory, "w", lease_seconds=30)
+    assert jobs.fail(session_factory, job_id, "w", "bad input", retry=False)
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts, job.error) == ("failed", 1, "bad input")
+
+
+# --- Worker ---------------------------------------------------------------------------
+
+def test_worker_runs_a_job(session_factory):
+    seen = []
+
+    def handler(ctx: jobs.JobContext):
+        seen.append((ctx.job_id, ctx.kind, ctx.payload, ctx.attempt, ctx.max_attempts))
+        return {"doubled": ctx.payload["n"] * 2}
+
+    worker = jobs.Worker(session_factory, {"double": handler}, worker_id="w1")
+    job_id = _enqueue(session_factory, kind="double", payload={"n": 21})
+    _enqueue(session_factory, kind="unhandled")
+
+    assert worker.run_once()
+    assert not worker.run_once()  # the other job's kind has no handler here
+    assert seen == [(job_id, "double", {"n": 21}, 1, 3)]
+    job = _job(session_factory, job_id)
+    assert (job.status, job.result, job.progress, job.worker_id) == ("succeeded", {"doubled": 42}, 1.0, "w1")
+
+
+def test_worker_retries_after_an_exception(session_factory, monkeypatch):
+    monkeypatch.setattr(jobs, "RETRY_BACKOFF_BASE_SECONDS", 0.0)
+    attempts = []
+
+    def handler(ctx):
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise ConnectionError("model server unavailable")
+        return None
+
+    worker = jobs.Worker(session_factory, {"test": handler})
+    job_id = _enqueue(session_factory)
+    assert worker.run_once()
+    job = _job(session_factory, job_id)
+    assert (job.status, job.error) == ("queued", "ConnectionError: model server unavailable")
+    assert worker.run_once()
+    assert attempts == [1, 2]
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts, job.result) == ("succeeded", 2, None)
+
+
+def test_worker_gives_up_after_max_attempts(session_factory, monkeypatch):
+    monkeypatch.setattr(jobs, "RETRY_BACKOFF_BASE_SECONDS", 0.0)
+
+    def handler(ctx):
+        raise RuntimeError(f"boom {ctx.attempt}")
+
+    worker = jobs.Worker(session_factory, {"test": handler})
+    job_id = _enqueue(session_factory, max_attempts=2)
+    assert worker.run_once() and worker.run_once()
+    assert not worker.run_once()
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts, job.error) == ("failed", 2, "RuntimeError: boom 2")
+
+
+def test_permanent_job_error_fails_at_once(session_factory):
+    def handler(ctx):
+        raise jobs.PermanentJobError("stored audio is missing")
+
+    worker = jobs.Worker(session_factory, {"test": handler})
+    job_id = _enqueue(session_factory, max_attempts=3)
+    assert worker.run_once()
+    assert not worker.run_once()
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts, job.error) == ("failed", 1, "stored audio is missing")
+
+
+def test_unstorable_result_fails_the_job(session_factory):
+    worker = jobs.Worker(session_factory, {"test": lambda ctx: {"not json": object()}})
+    job_id = _enqueue(session_factory)
+    assert worker.run_once()
+    job = _job(session_factory, job_id)
+    assert job.status == "failed" and job.error.startswith("could not store result")
+
+
+def test_heartbeats_keep_a_long_job_and_report_progress(session_factory):
+    observed = {}
+
+    def handler(ctx):
+        ctx.set_progress(0.5)
+        time.sleep(1.3)  # over two leases long: only heartbeats keep the job ours
+        observed["stolen"] = jobs.claim_next(session_factory, "thief", lease_seconds=30)
+        observed["progress"] = _job(session_factory, ctx.job_id).progress
+        observed["lease_lost"] = ctx.lease_lost
+        return {"done": True}
+
+    worker = jobs.Worker(session_factory, {"test": handler}, lease_seconds=0.6)
+    job_id = _enqueue(session_factory)
+    assert worker.run_once()
+    assert observed == {"stolen": None, "progress": 0.5, "lease_lost": False}
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts) == ("succeeded", 1)
+
+
+def test_handler_learns_its_lease_was_taken_over(session_factory):
+    observed = {}
+
+    def handler(ctx):
+        # what claim_next does after this worker's lease expired: another worker owns it
+        _set(session_factory, ctx.job_id, worker_id="thief", attempts=2)
+        deadline = time.monotonic() + 5
+        while not ctx.lease_lost and time.monotonic() < deadline:
+            time.sleep(0.02)
+        observed["lease_lost"] = ctx.lease_lost
+        return {"from": "original"}
+
+    worker = jobs.Worker(session_factory, {"test": handler}, lease_seconds=0.3)
+    job_id = _enqueue(session_factory)
+    assert worker.run_once()
+    assert observed["lease_lost"]
+    job = _job(session_factory, job_id)
+    # the original worker's late result is discarded; the job belongs to the thief
+    assert (job.status, job.worker_id, job.result) == ("running", "thief", None)
+
+
+def test_run_forever_processes_jobs_until_stopped(session_factory):
+    done = []
+    worker = jobs.Worker(session_factory, {"test": lambda ctx: done.append(ctx.job_id)},
+                         poll_seconds=0.05)
+    ids = [_enqueue(session_factory, payload={"i": i}) for i in range(3)]
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run_forever, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(done) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        late_id = _enqueue(session_factory)  # picked up while polling
+        while len(done) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert done == ids + [late_id]
+
+
+# --- the crash test ---------------------------------------------------------------------
+
+def _start_crash_worker(database_url, markers: pathlib.Path, log_name: str) -> subprocess.Popen:
+    lease_seconds, work_seconds, deadline_seconds = "1", "1.5", "20"
+    log = open(markers.parent / log_name, "wb")
+    return subprocess.Popen(
+        [sys.executable, str(CRASH_WORKER), database_url, str(markers),
+         lease_seconds, work_seconds, deadline_seconds],
+        stdout=log, stderr=subprocess.STDOUT, cwd=CRASH_WORKER.parent.parent)
+
+
+def _wait_for(path: pathlib.Path, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"worker exited with {process.returncode} before {path.name} appeared")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path.name} did not appear within {timeout} s")
+        time.sleep(0.02)
+
+
+def test_job_survives_a_killed_worker(session_factory, database_url, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    job_id = _enqueue(session_factory, kind="crash-test", payload={"enrollment_id": 1})
+
+    first = _start_crash_worker(database_url, markers, "worker1.log")
+    try:
+        _wait_for(markers / "started.1", first, timeout=20)
+        os.kill(first.pid, signal.SIGKILL)  # mid-job: no cleanup, no fail(), lease left running
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts) == ("running", 1)
+
+    second = _start_crash_worker(database_url, markers, "worker2.log")
+    try:
+        returncode = second.wait(25)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert returncode == 0, (tmp_path / "worker2.log").read_text()
+
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts, job.result) == ("succeeded", 2, {"attempt": 2})
+    assert (markers / "finished.2").exists()
+    assert not (markers / "finished.1").exists()
