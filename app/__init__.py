@@ -1,2 +1,10 @@
 """Web layer and services. ``create_app(settings)`` is the single application factory."""
-from app.factory import create_app  # noqa: F401
+
+
+def __getattr__(name):
+    # Lazy, so that `import app.jobs` (workers, CLI) does not load Flask and the web layer.
+    if name == "create_app":
+        from app.factory import create_app
+
+        return create_app
+    raise AttributeError(name)

@@ -194,7 +194,7 @@ def _take_values(job: Job, worker_id: str, now: dt.datetime, lease_seconds: floa
         "progress": None,
     }
     if job.status == "running":
-        # keep a trace of the takeover; a later failure or success overwrites it
+        # a trace of the takeover while the job runs; fail() replaces it, complete() clears it
         values["error"] = f"worker {job.worker_id} lost during attempt {job.attempts}"
     return values
 
@@ -257,8 +257,8 @@ def complete(session_factory: sessionmaker[Session], job_id: int, worker_id: str
         now = _now(session)
         updated = session.execute(
             sa.update(Job).where(_held_by(job_id, worker_id))
-            .values(status="succeeded", result=result, progress=1.0, finished_at=now,
-                    lease_expires_at=None, heartbeat_at=now)
+            .values(status="succeeded", result=result, error=None, progress=1.0,
+                    finished_at=now, lease_expires_at=None, heartbeat_at=now)
             .execution_options(synchronize_session=False)).rowcount
         session.commit()
     if updated != 1:
@@ -316,25 +316,20 @@ class JobContext:
         self.payload = job.payload
         self.attempt = job.attempt
         self.max_attempts = job.max_attempts
-        self._progress: float | None = None
+        #: the latest fraction done; the heartbeat thread writes it to the database
+        self.progress: float | None = None
         self._lease_lost = threading.Event()
-        self._lock = threading.Lock()
 
     def set_progress(self, fraction: float) -> None:
-        """Record progress in [0, 1]; written to the database with the next heartbeat."""
-        with self._lock:
-            self._progress = min(1.0, max(0.0, float(fraction)))
+        """Record progress in [0, 1]; written to the database with the next heartbeat
+        (not at once, so frequent calls cost nothing)."""
+        self.progress = min(1.0, max(0.0, float(fraction)))
 
     @property
     def lease_lost(self) -> bool:
         """True once another worker has taken the job over; a long handler may stop early
         (its outcome will not be recorded)."""
         return self._lease_lost.is_set()
-
-    def _take_progress(self) -> float | None:
-        with self._lock:
-            progress, self._progress = self._progress, None
-            return progress
 
 
 Handler = Callable[[JobContext], "dict | None"]
@@ -357,7 +352,11 @@ class Worker:
         self.poll_seconds = float(poll_seconds)
 
     def run_once(self) -> bool:
-        """Claim and run one job. False when there was nothing to run."""
+        """Claim and run one job. False when there was nothing to run.
+
+        Database errors propagate; a job whose outcome could not be recorded stays
+        running until its lease expires and is then claimed again.
+        """
         job = claim_next(self.session_factory, self.worker_id, lease_seconds=self.lease_seconds,
                          kinds=self.handlers)
         if job is None:
@@ -400,7 +399,7 @@ class Worker:
         while not stop.wait(interval):
             try:
                 ours = heartbeat(self.session_factory, context.job_id, self.worker_id,
-                                 lease_seconds=self.lease_seconds, progress=context._take_progress())
+                                 lease_seconds=self.lease_seconds, progress=context.progress)
             except Exception:
                 # a database hiccup: the lease has slack for the next beats
                 log.exception("job %s: heartbeat failed", context.job_id)

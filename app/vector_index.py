@@ -133,7 +133,7 @@ class VectorIndex:
 
     @property
     def device(self) -> str:
-        """"gpu" when unrestricted searches are served from a GPU copy, else "cpu"."""
+        """Where unrestricted searches run: "gpu" (a GPU copy of the index) or "cpu"."""
         with self._lock:
             return "gpu" if self._gpu_index is not None else "cpu"
 
@@ -319,8 +319,9 @@ class VectorIndex:
         if self._min_train_points and n < self._min_train_points:
             factory = "Flat"
             index = self._new_index(factory)
-            log.info("FAISS %s needs %d training vectors, have %d: serving exact search",
-                     self._factory, self._min_train_points, n)
+            if n:
+                log.info("FAISS %s needs %d training vectors, have %d: serving exact search",
+                         self._factory, self._min_train_points, n)
         else:
             factory = self._factory
             index = self._new_index(factory)

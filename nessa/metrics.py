@@ -1,9 +1,11 @@
 """Verification metrics (EER, minDCF) computed by speechbrain, plus open-set identification.
 
-speechbrain's ``minDCF`` materialises a (thresholds x trials) matrix, which is tens of
-gigabytes for a few tens of thousands of trials. ``min_dcf`` therefore hands it a
-*lossless* reduction of the trial list (see ``_collapse_for_min_dcf``): same minimum, same
-operating point, a few hundred megabytes at most.
+speechbrain's ``EER`` loops in Python over every distinct score (tens of seconds for a few
+tens of thousands of trials) and its ``minDCF`` materialises a (thresholds x trials)
+matrix (tens of gigabytes at that size). Both are therefore handed a *lossless* reduction
+of the trial list: the same trials, with scores that cannot hold the optimum merged
+(``_clip_to_eer_window``, ``_collapse_for_min_dcf``). speechbrain still computes the
+figures, and they are exactly the ones it gives on the raw lists (tests check this).
 """
 from __future__ import annotations
 
@@ -14,18 +16,39 @@ from speechbrain.utils.metric_stats import EER, minDCF
 DEFAULT_P_TARGET = 0.01
 
 
-def _as_tensor(scores) -> torch.Tensor:
+def _scores(scores) -> np.ndarray:
     array = np.asarray(scores, dtype=np.float64).ravel()
     if array.size == 0:
         raise ValueError("need at least one target and one non-target score")
     if not np.all(np.isfinite(array)):
         raise ValueError("scores must be finite")
-    return torch.from_numpy(array)
+    return array
 
 
-def equal_error_rate(target_scores, nontarget_scores) -> tuple[float, float]:
+def _clip_to_eer_window(target_scores: np.ndarray, nontarget_scores: np.ndarray, keep: int):
+    """Clip all scores to a window of ``keep`` distinct values either side of the EER point.
+
+    Over the distinct scores taken as thresholds, FAR - FRR strictly decreases, so
+    |FAR - FRR| falls to one minimum and rises after it; speechbrain picks that minimum.
+    Clipping leaves FAR and FRR unchanged at every threshold inside the window and only
+    removes thresholds outside it (the top one becomes "reject all", |FAR - FRR| = 1).
+    """
+    distinct = np.unique(np.concatenate([target_scores, nontarget_scores]))
+    if len(distinct) <= 2 * keep + 1:
+        return target_scores, nontarget_scores
+    sorted_targets, sorted_nontargets = np.sort(target_scores), np.sort(nontarget_scores)
+    frr = np.searchsorted(sorted_targets, distinct, side="right") / len(sorted_targets)
+    far = 1.0 - np.searchsorted(sorted_nontargets, distinct, side="right") / len(sorted_nontargets)
+    crossing = int(np.argmin(np.abs(far - frr)))
+    low = distinct[max(0, crossing - keep)]
+    high = distinct[min(len(distinct) - 1, crossing + keep)]
+    return np.clip(target_scores, low, high), np.clip(nontarget_scores, low, high)
+
+
+def equal_error_rate(target_scores, nontarget_scores, *, window: int = 1000) -> tuple[float, float]:
     """(EER as a fraction in [0, 1], threshold); accept means ``score > threshold``."""
-    eer, threshold = EER(_as_tensor(target_scores), _as_tensor(nontarget_scores))
+    targets, nontargets = _clip_to_eer_window(_scores(target_scores), _scores(nontarget_scores), window)
+    eer, threshold = EER(torch.from_numpy(targets), torch.from_numpy(nontargets))
     return float(eer), float(threshold)
 
 
@@ -55,10 +78,8 @@ def _collapse_for_min_dcf(target_scores: np.ndarray, nontarget_scores: np.ndarra
 
 def min_dcf(target_scores, nontarget_scores, p_target: float = DEFAULT_P_TARGET) -> tuple[float, float]:
     """(normalised-by-nothing minDCF with c_miss = c_fa = 1, threshold), as speechbrain."""
-    targets = np.asarray(target_scores, dtype=np.float64).ravel()
-    nontargets = np.asarray(nontarget_scores, dtype=np.float64).ravel()
-    targets, nontargets = _collapse_for_min_dcf(targets, nontargets)
-    value, threshold = minDCF(_as_tensor(targets), _as_tensor(nontargets), p_target=p_target)
+    targets, nontargets = _collapse_for_min_dcf(_scores(target_scores), _scores(nontarget_scores))
+    value, threshold = minDCF(torch.from_numpy(targets), torch.from_numpy(nontargets), p_target=p_target)
     return float(value), float(threshold)
 
 

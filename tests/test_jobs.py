@@ -150,7 +150,7 @@ def test_expired_lease_is_taken_over(session_factory):
     assert not jobs.fail(session_factory, job_id, first.worker_id, "late", retry=False)
     assert jobs.complete(session_factory, job_id, "worker-b", {"from": "b"})
     job = _job(session_factory, job_id)
-    assert (job.status, job.result, job.attempts) == ("succeeded", {"from": "b"}, 2)
+    assert (job.status, job.result, job.attempts, job.error) == ("succeeded", {"from": "b"}, 2, None)
 
 
 def test_worker_lost_on_every_attempt_fails_the_job(session_factory):
@@ -348,11 +348,11 @@ def test_run_forever_processes_jobs_until_stopped(session_factory):
 
 def _start_crash_worker(database_url, markers: pathlib.Path, log_name: str) -> subprocess.Popen:
     lease_seconds, work_seconds, deadline_seconds = "1", "1.5", "20"
-    log = open(markers.parent / log_name, "wb")
-    return subprocess.Popen(
-        [sys.executable, str(CRASH_WORKER), database_url, str(markers),
-         lease_seconds, work_seconds, deadline_seconds],
-        stdout=log, stderr=subprocess.STDOUT, cwd=CRASH_WORKER.parent.parent)
+    with open(markers.parent / log_name, "wb") as log:  # the child keeps its own handle
+        return subprocess.Popen(
+            [sys.executable, str(CRASH_WORKER), database_url, str(markers),
+             lease_seconds, work_seconds, deadline_seconds],
+            stdout=log, stderr=subprocess.STDOUT, cwd=CRASH_WORKER.parent.parent)
 
 
 def _wait_for(path: pathlib.Path, process: subprocess.Popen, timeout: float) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+import soundfile as sf
 
 from tests.conftest import ServiceHarness, fresh_database, make_settings, requires_shared_data
 
@@ -19,7 +20,13 @@ def corpus():
     root = requires_shared_data("librispeech", "test-other")
     speakers = sorted(p for p in root.iterdir() if p.is_dir())
     assert len(speakers) == 10
-    utterances = {p.name: sorted(p.glob("*.flac")) for p in speakers}
+    # Enroll from each speaker's first utterances with at least 4 s of audio (the service
+    # needs 3 s of speech to enroll); every other utterance is a test.
+    utterances = {}
+    for speaker in speakers:
+        files = sorted(speaker.glob("*.flac"))
+        enroll = [f for f in files if sf.info(str(f)).duration >= 4.0][:ENROLL_UTTERANCES]
+        utterances[speaker.name] = enroll + [f for f in files if f not in enroll]
     # Hold back two speakers (one of each gender where the sorted order allows).
     held_back = [speakers[3].name, speakers[8].name]
     enrolled = [p.name for p in speakers if p.name not in held_back]

@@ -142,13 +142,13 @@ def test_scores_are_cosine_for_unnormalised_input(rng):
 
 @pytest.mark.parametrize("factory, search_params", [("HNSW32,Flat", ""), ("IVF64,Flat", "nprobe=8")])
 def test_approximate_recall_at_1(rng, factory, search_params):
-    vectors = clustered_vectors(rng, 6000, 64, n_clusters=100)
-    ids = np.arange(6000, dtype=np.int64) + 10_000
+    vectors = clustered_vectors(rng, 4000, 64, n_clusters=80)
+    ids = np.arange(4000, dtype=np.int64) + 10_000
     index = VectorIndex(64, factory, use_gpu=False, search_params=search_params)
     index.rebuild(ids, vectors)
     assert index.effective_factory == factory and index.exact_fallback_reason is None
     stored = dict(zip(ids.tolist(), vectors))
-    queries = noisy_copies(rng, vectors, 400)
+    queries = noisy_copies(rng, vectors, 300)
     assert recall_at_1(index, stored, queries) >= 0.95
 
 
@@ -169,13 +169,14 @@ def test_hnsw_removal_tombstones_then_compacts(rng):
     stored.update(zip(replaced, new_vectors))
     assert index.describe()["tombstones"] == 250 and len(index) == 1800
 
-    scores, ids = index.search(queries, 10)
+    _, ids = index.search(queries, 10)
     assert not np.isin(ids, removed).any()
-    # a replaced id is scored with its new vector, never the tombstoned one
-    hits = np.isin(ids, replaced)
-    expected = np.einsum("qd,qkd->qk", queries, np.stack([stored.get(int(i), np.zeros(DIM)) for i in ids.ravel()])
-                         .reshape(*ids.shape, DIM))
-    np.testing.assert_allclose(scores[hits], expected[hits], atol=1e-5)
+    # a replaced id answers to its new vector; its old (tombstoned) vector is gone
+    scores, ids = index.search(new_vectors, 1)
+    assert ids[:, 0].tolist() == replaced
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    _, ids = index.search(vectors[200:250], 1)
+    assert (ids[:, 0] != np.array(replaced)).all()
     assert recall_at_1(index, stored, queries) >= 0.95
     assert_matches_exact(index, stored, queries, 5, restrict_to=list(range(150, 260)))
 
