@@ -294,7 +294,6 @@ class VectorIndex:
         except RuntimeError as exc:
             raise ValueError(f"cannot build FAISS index {factory!r} (dim {self._dim}, inner product): "
                              f"{_first_line(exc)}") from exc
-        space = faiss.ParameterSpace()
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.nprobe = min(ivf.nlist, max(1, round(math.sqrt(ivf.nlist))))
@@ -304,7 +303,7 @@ class VectorIndex:
         # The parameters are for the requested factory, not for the exact stand-in.
         if self._search_params and factory == self._factory:
             try:
-                space.set_index_parameters(index, self._search_params)
+                faiss.ParameterSpace().set_index_parameters(index, self._search_params)
             except RuntimeError as exc:
                 raise ValueError(f"search_params {self._search_params!r} do not apply to {factory!r}: "
                                  f"{_first_line(exc)}") from exc

@@ -32,7 +32,7 @@ class LogisticCalibration:
     training_prior: float = 0.5
     #: threshold name -> LLR threshold; accept when ``llr >= threshold``
     thresholds: dict = dataclasses.field(default_factory=dict)
-    default_threshold: str = "far_1pct"
+    default_threshold: str = "far_0.1pct"
 
     def llr(self, *feature_values) -> np.ndarray:
         """Calibrated log-likelihood ratio; one array (or scalar) per feature, in order."""
@@ -67,7 +67,7 @@ class LogisticCalibration:
         return cls(features=tuple(data["features"]), weights=tuple(float(w) for w in data["weights"]),
                    bias=float(data["bias"]), training_prior=float(data.get("training_prior", 0.5)),
                    thresholds={k: float(v) for k, v in data.get("thresholds", {}).items()},
-                   default_threshold=data.get("default_threshold", "far_1pct"))
+                   default_threshold=data.get("default_threshold", "far_0.1pct"))
 
     def with_thresholds(self, thresholds: dict, default_threshold: str | None = None) -> "LogisticCalibration":
         return dataclasses.replace(self, thresholds=dict(thresholds),

@@ -77,7 +77,10 @@ def _collapse_for_min_dcf(target_scores: np.ndarray, nontarget_scores: np.ndarra
 
 
 def min_dcf(target_scores, nontarget_scores, p_target: float = DEFAULT_P_TARGET) -> tuple[float, float]:
-    """(normalised-by-nothing minDCF with c_miss = c_fa = 1, threshold), as speechbrain."""
+    """(minDCF with c_miss = c_fa = 1, threshold), unnormalised, exactly as speechbrain.
+
+    Divide by ``min(p_target, 1 - p_target)`` for the usual normalised figure.
+    """
     targets, nontargets = _collapse_for_min_dcf(_scores(target_scores), _scores(nontarget_scores))
     value, threshold = minDCF(torch.from_numpy(targets), torch.from_numpy(nontargets), p_target=p_target)
     return float(value), float(threshold)
@@ -99,7 +102,8 @@ def verification_summary(target_scores, nontarget_scores, p_target: float = DEFA
     eer, eer_threshold = equal_error_rate(target_scores, nontarget_scores)
     dcf, dcf_threshold = min_dcf(target_scores, nontarget_scores, p_target)
     return {"eer_percent": round(100.0 * eer, 4), "eer_threshold": eer_threshold,
-            "min_dcf": round(dcf, 5), "min_dcf_p_target": p_target, "min_dcf_threshold": dcf_threshold,
+            "min_dcf": round(dcf, 6), "min_dcf_normalised": round(dcf / min(p_target, 1.0 - p_target), 5),
+            "min_dcf_p_target": p_target, "min_dcf_threshold": dcf_threshold,
             "n_target": int(np.size(target_scores)), "n_nontarget": int(np.size(nontarget_scores))}
 
 

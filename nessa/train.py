@@ -46,7 +46,7 @@ class AlignmentConfig:
     #: ("chunk"), or its speaker's mean whole-utterance enrollment embedding ("speaker")
     regression_target: str = "chunk"
     #: ridge penalties to try, relative to the number of training pairs; chosen on dev
-    ridge_alphas: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+    ridge_alphas: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
     #: CCA settings (kind="cca"): shrinkages to try on dev, components kept
     cca_shrinkages: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 0.9)
     cca_components: int = 96
@@ -54,7 +54,11 @@ class AlignmentConfig:
     dev_fraction: float = 0.2
     calibration_prior: float = 0.5
     min_dcf_p_target: float = metrics.DEFAULT_P_TARGET
-    default_threshold: str = "far_1pct"
+    #: operating point the service should use. Not FAR 1 %: in open-set identification
+    #: against the 50 dev profiles, a per-trial FAR of 1 % let 35 % of unknown speakers
+    #: through as somebody; FAR 0.1 % let 5 % through and still identified 86 % of the
+    #: known ones (fused score, seed 0).
+    default_threshold: str = "far_0.1pct"
     #: segments per embed() call (CAM++ stacks equal lengths into one forward pass)
     batch_size: int = 64
 
@@ -175,13 +179,14 @@ def build_dev_trials(files: Sequence[FileEmbeddings], speakers: set[str]) -> Dev
 
 # ----------------------------------------------------------------------------- maps
 def _candidate_params(kind: str, x: np.ndarray, y: np.ndarray, config: AlignmentConfig) -> list[tuple[dict, dict]]:
-    """[(hyper-parameters, float64 params)] for every setting tried on dev."""
+    """[(hyper-parameters, float64 params)] for every setting tried on dev, weakest
+    regularisation first."""
     if kind == "ridge":
         solver = RidgeSolver(x, y)
-        return [({"relative_alpha": alpha}, solver.solve(alpha).params()) for alpha in config.ridge_alphas]
+        return [({"relative_alpha": alpha}, solver.solve(alpha).params()) for alpha in sorted(config.ridge_alphas)]
     if kind == "cca":
         return [({"shrinkage": s, "n_components": config.cca_components},
-                 fit_cca(x, y, config.cca_components, s).params()) for s in config.cca_shrinkages]
+                 fit_cca(x, y, config.cca_components, s).params()) for s in sorted(config.cca_shrinkages)]
     raise ValueError(f"no trainer for kind {kind!r}")
 
 
@@ -316,7 +321,8 @@ def train_alignment(source: Embedder, target: Embedder, utterances: list[Utteran
     evaluation["summary"] = {
         "dev_eer_percent": {kind: evaluation[kind]["pooled"]["eer_percent"]
                             for kind in ("runtime_symmetric", "cross", "fused", "enroll_symmetric_reference")},
-        "dev_min_dcf": {kind: evaluation[kind]["pooled"]["min_dcf"] for kind in ("runtime_symmetric", "cross", "fused")},
+        "dev_min_dcf_normalised": {kind: evaluation[kind]["pooled"]["min_dcf_normalised"]
+                                   for kind in ("runtime_symmetric", "cross", "fused", "enroll_symmetric_reference")},
     }
 
     artifact = AlignmentArtifact(
@@ -324,7 +330,8 @@ def train_alignment(source: Embedder, target: Embedder, utterances: list[Utteran
         source_version=source.version, source_dim=int(source.dim), source_weights_sha256=source.weights_sha256,
         target_version=target.version, target_dim=int(target.dim), target_weights_sha256=target.weights_sha256,
         params=params, config={**config.as_dict(), "seed": seed},
-        data={**data_description, "sources": [str(pathlib.PurePath(s)) for s in data_sources],
+        data={**data_description, "n_utterances_used": len(files),
+              "sources": [str(pathlib.PurePath(s)) for s in data_sources],
               "fit_speakers": fit_speakers, "dev_speakers": dev_speakers},
         data_sha256=data_sha256, metrics=evaluation,
         calibration=cross_calibration.to_dict(), fusion=fused_calibration.to_dict(),

@@ -82,9 +82,10 @@ def make_artifact(rng, name="demo") -> AlignmentArtifact:
     x, _ = speaker_space(rng, 20, 10, 12)
     y = x @ rng.normal(size=(12, 8))
     ridge = fit_ridge(x, y, 1e-3)
-    calibration = cal.LogisticCalibration(("cross_cosine",), (10.0,), -5.0, thresholds={"far_1pct": 2.0})
+    calibration = cal.LogisticCalibration(("cross_cosine",), (10.0,), -5.0,
+                                          thresholds={"far_1pct": 2.0, "far_0.1pct": 3.0})
     fusion = cal.LogisticCalibration(("runtime_cosine", "cross_cosine"), (8.0, 6.0), -7.0,
-                                     thresholds={"far_1pct": 2.5})
+                                     thresholds={"far_1pct": 2.5, "far_0.1pct": 4.0})
     return AlignmentArtifact(name=name, kind="ridge", source_version="fake-12", source_dim=12,
                              source_weights_sha256="a" * 64, target_version="fake-8", target_dim=8,
                              target_weights_sha256="b" * 64, params=ridge.params(), config={"alpha": 1e-3},
@@ -141,7 +142,21 @@ def test_artifact_round_trip_gives_identical_transforms(tmp_path):
     assert manifest["command"] == "make it" and "weight" not in manifest
     assert loaded.score_fused(0.5, 0.6) == pytest.approx(8.0 * 0.5 + 6.0 * 0.6 - 7.0)
     assert loaded.score_cross(0.6) == pytest.approx(1.0)
-    assert loaded.threshold(fused=False) == 2.0
+    assert loaded.threshold(fused=False) == 3.0 and loaded.threshold(fused=False, name="far_1pct") == 2.0
+    assert loaded.threshold() == 4.0 and loaded.operating_threshold == 4.0
+    assert loaded.cross_calibration.raw_threshold() == pytest.approx(0.8)  # 10 * 0.8 - 5 = 3
+
+
+def test_ridge_artifact_scores_the_predicted_deviation_against_raw_profiles():
+    rng = np.random.default_rng(13)
+    artifact = make_artifact(rng)
+    queries, profiles = l2_normalise(rng.normal(size=(4, 12))), l2_normalise(rng.normal(size=(3, 8)))
+    params = {key: value.astype(np.float64) for key, value in artifact.params.items()}
+    deviation = ((queries - params["x_mean"]) / params["x_scale"]) @ params["weight"]  # y_mean left out
+    expected = l2_normalise(deviation) @ profiles.T
+    np.testing.assert_allclose(artifact.cross_cosine(queries, profiles), expected, atol=1e-5)
+    # the service's plain dot product with stored profile vectors is the same score
+    np.testing.assert_allclose(artifact.transform(queries) @ profiles.T, expected, atol=1e-5)
 
 
 def test_saving_twice_writes_the_same_params_bytes(tmp_path):
@@ -341,3 +356,15 @@ def test_seeded_training_is_reproducible_and_resumes_from_cache(tmp_path):
     summary = loaded.metrics["summary"]["dev_eer_percent"]
     assert summary["cross"] < 50.0  # the map carries speaker information across models
     assert loaded.transform(np.ones((2, 24))).shape == (2, 16)
+
+
+def test_a_cca_alignment_trains_and_round_trips(tmp_path):
+    corpus = list_utterances(write_synthetic_corpus(tmp_path / "corpus", n_speakers=8, seconds=4.0))
+    source, target = SpectralEmbedder("fake-src-24", 24, 1), SpectralEmbedder("fake-tgt-16", 16, 2)
+    config = {**SMALL_CONFIG, "kind": "cca", "cca_components": 6, "cca_shrinkages": [0.5]}
+    artifact = train_alignment(source, target, corpus, out_dir=tmp_path / "out", name="cca", config=config,
+                               cache_dir=tmp_path / "cache", progress=False, load_audio=read_wav)
+    loaded = AlignmentArtifact.load(tmp_path / "out" / "cca")
+    queries, profiles = l2_normalise(np.ones((3, 24))), l2_normalise(np.ones((2, 16)))
+    assert loaded.output_dim == 6 and loaded.cross_cosine(queries, profiles).shape == (3, 2)
+    np.testing.assert_array_equal(loaded.cross_cosine(queries, profiles), artifact.cross_cosine(queries, profiles))

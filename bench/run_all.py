@@ -1,0 +1,27 @@
+"""Every benchmark in one run, one report (`make bench`).
+
+    .venv/bin/python -m bench.run_all [--faiss-sizes 10000 100000 1000000]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+from bench import faiss_bench, runtime_bench
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--faiss-sizes", type=int, nargs="+", default=list(faiss_bench.DEFAULT_SIZES))
+    parser.add_argument("--queries", type=int, default=60)
+    args = parser.parse_args(argv)
+    print(f"# NESSA benchmarks ({platform.processor() or platform.machine()}, python {platform.python_version()})\n")
+    print(runtime_bench.format_report(runtime_bench.run(args.queries)))
+    print("\n### FAISS search, one thread\n")
+    print(faiss_bench.format_table(faiss_bench.run(args.faiss_sizes)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
