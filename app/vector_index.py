@@ -152,6 +152,10 @@ class VectorIndex:
         with self._lock:
             return len(self._id_to_slot)
 
+    def __contains__(self, id_: object) -> bool:
+        with self._lock:
+            return id_ in self._id_to_slot
+
     def ids(self) -> np.ndarray:
         """The database ids in the index, ascending (int64)."""
         with self._lock:

@@ -16,8 +16,6 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
-from nessa import metrics
-
 #: decision thresholds stored with every calibration, keyed by name
 FAR_TARGETS = {"far_1pct": 0.01, "far_0.1pct": 0.001}
 THRESHOLD_NAMES = ("far_1pct", "far_0.1pct", "eer")
@@ -136,8 +134,17 @@ def far_threshold(nontarget_scores, far: float) -> float:
     return float((above[-1] + boundary) / 2.0)
 
 
+def _metrics():
+    # Imported on use: it pulls in speechbrain, which the service does not need just to
+    # load an artifact and score with its calibration.
+    from nessa import metrics
+
+    return metrics
+
+
 def operating_thresholds(target_scores, nontarget_scores) -> dict:
     """LLR thresholds for FAR 1 %, FAR 0.1 % and the EER point, from dev trials."""
+    metrics = _metrics()
     thresholds = {name: far_threshold(nontarget_scores, far) for name, far in FAR_TARGETS.items()}
     _, eer_threshold = metrics.equal_error_rate(target_scores, nontarget_scores)
     # speechbrain accepts `score > t`; nudge up so that `score >= t` means the same.
@@ -147,6 +154,7 @@ def operating_thresholds(target_scores, nontarget_scores) -> dict:
 
 def threshold_report(calibration: LogisticCalibration, target_llr, nontarget_llr) -> dict:
     """Empirical FAR / FRR of each stored threshold on the given trials."""
+    metrics = _metrics()
     return {name: {"llr": value,
                    "far": round(metrics.false_accept_rate(nontarget_llr, value), 6),
                    "frr": round(metrics.false_reject_rate(target_llr, value), 6)}

@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import re
+import zipfile
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -203,7 +204,7 @@ class EmbeddingCache:
         try:
             with np.load(path, allow_pickle=False) as stored:
                 return int(stored["n_samples"]), stored["bounds"], stored["embeddings"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None  # a damaged entry is recomputed
 
     def store(self, key: str, n_samples: int, bounds: np.ndarray, embeddings: np.ndarray) -> None:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from app import models
 from app.errors import ApiError
+from app.model_registry import model_identity
 from nessa.artifact import AlignmentArtifact
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,22 @@ def discover_artifact_dirs(*roots: pathlib.Path) -> list[pathlib.Path]:
     return found
 
 
+def load_checked(directory: pathlib.Path) -> AlignmentArtifact:
+    """Load an artifact and refuse it unless it was trained for exactly the installed
+    models (version, dimension and weights checksum on both sides)."""
+    artifact = AlignmentArtifact.load(directory)
+    try:
+        artifact.check_embedders(model_identity(artifact.source_version), model_identity(artifact.target_version))
+    except KeyError as exc:
+        raise ApiError(409, "unknown_model", str(exc), {"artifact": artifact.name}) from exc
+    except Exception as exc:
+        raise ApiError(409, "artifact_model_mismatch", str(exc), {"artifact": artifact.name}) from exc
+    return artifact
+
+
 def register_artifact(session, directory: pathlib.Path) -> models.AlignmentArtifact:
     """Record an artifact directory in the database (idempotent by name + checksum)."""
-    artifact = AlignmentArtifact.load(directory)
+    artifact = load_checked(directory)
     row = session.scalar(sa.select(models.AlignmentArtifact).filter_by(name=artifact.name))
     if row is not None:
         if row.sha256 != artifact.sha256:
@@ -110,5 +124,5 @@ class ActiveAlignment:
                            {"source": self.source_version, "target": self.target_version})
         with self._lock:
             if self._loaded is None or self._loaded[0] != row.id:
-                self._loaded = (row.id, AlignmentArtifact.load(pathlib.Path(row.path)))
+                self._loaded = (row.id, load_checked(pathlib.Path(row.path)))
             return self._loaded[1]

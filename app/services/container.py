@@ -77,7 +77,7 @@ class Services:
             embedder = load_embedder(version)
             row = models.ModelVersion(name=version, role=spec.role, dim=spec.dim,
                                       weights_sha256=embedder.weights_sha256, state=state,
-                                      details={"entry_point": spec.entry_point, "weights": spec.weights,
+                                      details={"entry_point": spec.entry_point, "weights": "/".join(spec.weights),
                                                "licence": spec.licence})
             session.add(row)
             session.flush()

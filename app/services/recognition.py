@@ -61,6 +61,12 @@ def _score(session, artifact, query_runtime, query_aligned, speaker_ids):
     return scored
 
 
+def _threshold(artifact, path: str) -> float:
+    """Both paths give calibrated LLRs, each with its own operating threshold (chosen for
+    a target false-accept rate on the artifact's development trials)."""
+    return float(artifact.threshold(fused=(path == "fused")))
+
+
 def _versions(services, artifact):
     return {"runtime_model": artifact.source_version, "enrollment_space": artifact.target_version,
             "alignment": artifact.name}
@@ -81,8 +87,8 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
             sa.select(models.Speaker.id, models.Speaker.name).where(models.Speaker.id.in_(list(scored)))).all())
     timings["search"] = (time.perf_counter() - t0) * 1e3
     ranked = sorted(((s, path, i) for i, (s, path) in scored.items() if i in names), reverse=True)[:top_k]
-    threshold = float(artifact.operating_threshold)
     best = ranked[0] if ranked else None
+    threshold = _threshold(artifact, best[1] if best else "fused")
     accepted = best is not None and best[0] >= threshold
     return {
         "speaker": {"id": best[2], "name": names[best[2]]} if accepted else None,
@@ -109,7 +115,7 @@ def verify(services, data: bytes, *, speaker_id: int) -> dict:
                        "This speaker has no completed enrollment yet; wait for its enrollment job.",
                        {"speaker_id": speaker_id})
     score, path = scored[speaker_id]
-    threshold = float(artifact.operating_threshold)
+    threshold = _threshold(artifact, path)
     return {"accepted": score >= threshold, "score": score, "threshold": threshold, "scoring": path,
             "speaker": {"id": speaker_id, "name": name}, "speech_seconds": round(prepared.speech_s, 3),
             "models": _versions(services, artifact),
