@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+# FAISS: the GPU build where an NVIDIA GPU is visible, the CPU build otherwise
+# (override with `make FAISS=faiss-cpu==1.15.1 ...`).
+FAISS ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo faiss-gpu-cu12==1.14.1.post1 || echo faiss-cpu==1.15.1)
 
 .PHONY: venv run test test-sqlite test-postgres bench eval clean
 
@@ -18,7 +21,7 @@ venv: $(STAMP)
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/strip_torchaudio_extension.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -r requirements.txt
+	$(PIP) install -r requirements.txt "$(FAISS)"
 	$(PIP) install --no-deps -r requirements-nodeps.txt
 	$(PY) scripts/strip_torchaudio_extension.py
 	$(PIP) install --no-deps --no-build-isolation -e .
