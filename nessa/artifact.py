@@ -86,6 +86,18 @@ KINDS: dict[str, AlignmentKind] = {
 }
 
 
+def _register_network_kinds() -> None:
+    """The trained alignment networks (nessa.network): nn-linear, nn-mlp, nn-resmlp, nn-twotower."""
+    from nessa.network import PARAM_SHAPES, TRANSFORMS
+
+    for kind, shapes in PARAM_SHAPES.items():
+        KINDS[kind] = AlignmentKind(param_shapes=shapes, transform_source=TRANSFORMS[kind][0],
+                                    transform_target=TRANSFORMS[kind][1])
+
+
+_register_network_kinds()
+
+
 def _jsonable(value):
     """Plain JSON types only, so that the serialisation (and the sha256) is canonical."""
     if isinstance(value, dict):

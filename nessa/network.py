@@ -1,0 +1,209 @@
+"""Trained alignment networks: architectures, numpy inference, torch training modules.
+
+Four architectures, each an artifact kind (registered in ``nessa.artifact.KINDS``):
+
+* ``nn-linear``   source -> target:  ``z @ weight + bias``
+* ``nn-mlp``      source -> target:  ``relu(z @ w1 + b1) @ w2 + b2``
+* ``nn-resmlp``   source -> target:  ``z @ weight + bias + relu(z @ w1 + b1) @ w2 + b2``
+* ``nn-twotower`` both sides -> a shared space of ``k`` dims: the source side is a
+  residual MLP as above (into k dims); the target side is ``(y - y_mean) @ t_weight +
+  t_bias + relu(... @ t_w1 + t_b1) @ t_w2 + t_b2`` (profiles are transformed too).
+
+``z = (x - x_mean) / x_scale`` is the standardised (L2-normalised) runtime embedding.
+Parameters are plain float32 numpy arrays with fixed names per kind; inference below is
+numpy only, so loading an artifact needs neither torch nor any training state. Torch
+modules mirror the same formulas (``TorchAlignment``) and export their params with
+``export_params``; the linear parts can be initialised from a ridge or CCA solution.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+ARCHITECTURES = ("linear", "mlp", "resmlp", "twotower")
+
+#: artifact kind name for each architecture
+KIND_OF = {arch: f"nn-{arch}" for arch in ARCHITECTURES}
+
+PARAM_SHAPES: dict[str, dict[str, tuple[str, ...]]] = {
+    "nn-linear": {"x_mean": ("source_dim",), "x_scale": ("source_dim",),
+                  "weight": ("source_dim", "target_dim"), "bias": ("target_dim",)},
+    "nn-mlp": {"x_mean": ("source_dim",), "x_scale": ("source_dim",),
+               "w1": ("source_dim", "h"), "b1": ("h",), "w2": ("h", "target_dim"), "b2": ("target_dim",)},
+    "nn-resmlp": {"x_mean": ("source_dim",), "x_scale": ("source_dim",),
+                  "weight": ("source_dim", "target_dim"), "bias": ("target_dim",),
+                  "w1": ("source_dim", "h"), "b1": ("h",), "w2": ("h", "target_dim"), "b2": ("target_dim",)},
+    "nn-twotower": {"x_mean": ("source_dim",), "x_scale": ("source_dim",),
+                    "weight": ("source_dim", "k"), "bias": ("k",),
+                    "w1": ("source_dim", "h"), "b1": ("h",), "w2": ("h", "k"), "b2": ("k",),
+                    "y_mean": ("target_dim",), "t_weight": ("target_dim", "k"), "t_bias": ("k",),
+                    "t_w1": ("target_dim", "g"), "t_b1": ("g",), "t_w2": ("g", "k"), "t_b2": ("k",)},
+}
+
+
+# ----------------------------------------------------------------------------- numpy inference
+def _relu_block(z: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
+    hidden = z @ w1
+    hidden += b1
+    np.maximum(hidden, 0.0, out=hidden)
+    out = hidden @ w2
+    out += b2
+    return out
+
+
+def _standardise(params: dict, x: np.ndarray) -> np.ndarray:
+    return (x - params["x_mean"]) / params["x_scale"]
+
+
+def linear_source(params: dict, x: np.ndarray) -> np.ndarray:
+    return _standardise(params, x) @ params["weight"] + params["bias"]
+
+
+def mlp_source(params: dict, x: np.ndarray) -> np.ndarray:
+    return _relu_block(_standardise(params, x), params["w1"], params["b1"], params["w2"], params["b2"])
+
+
+def resmlp_source(params: dict, x: np.ndarray) -> np.ndarray:
+    z = _standardise(params, x)
+    out = _relu_block(z, params["w1"], params["b1"], params["w2"], params["b2"])
+    out += z @ params["weight"]
+    out += params["bias"]
+    return out
+
+
+def twotower_target(params: dict, y: np.ndarray) -> np.ndarray:
+    c = y - params["y_mean"]
+    out = _relu_block(c, params["t_w1"], params["t_b1"], params["t_w2"], params["t_b2"])
+    out += c @ params["t_weight"]
+    out += params["t_bias"]
+    return out
+
+
+def identity_target(params: dict, y: np.ndarray) -> np.ndarray:
+    return y
+
+
+#: kind -> (transform_source, transform_target)
+TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
+    "nn-linear": (linear_source, identity_target),
+    "nn-mlp": (mlp_source, identity_target),
+    "nn-resmlp": (resmlp_source, identity_target),
+    "nn-twotower": (resmlp_source, twotower_target),
+}
+
+
+# ----------------------------------------------------------------------------- torch modules
+def _torch():
+    import torch
+
+    return torch
+
+
+def build_module(arch: str, source_dim: int, target_dim: int, hidden: int = 512, shared_dim: int = 128,
+                 target_hidden: int = 128, init: dict | None = None, seed: int = 0):
+    """A ``TorchAlignment`` for ``arch``; ``init`` (numpy params of the same kind, possibly
+    partial, e.g. a ridge/CCA solution) overrides the random initialisation."""
+    torch = _torch()
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {ARCHITECTURES}")
+    generator = torch.Generator().manual_seed(seed)
+    out_dim = shared_dim if arch == "twotower" else target_dim
+
+    def dense(n_in, n_out, scale=1.0):
+        bound = scale / np.sqrt(n_in)
+        return (torch.rand(n_in, n_out, generator=generator) * 2 - 1) * bound
+
+    shapes = {"x_mean": torch.zeros(source_dim), "x_scale": torch.ones(source_dim)}
+    if arch in ("linear", "resmlp", "twotower"):
+        shapes["weight"] = dense(source_dim, out_dim)
+        shapes["bias"] = torch.zeros(out_dim)
+    if arch in ("mlp", "resmlp", "twotower"):
+        residual = arch != "mlp"
+        shapes["w1"] = dense(source_dim, hidden, np.sqrt(6.0))  # Kaiming uniform (ReLU)
+        shapes["b1"] = torch.zeros(hidden)
+        # A residual branch starts at zero, so training starts from the linear solution.
+        shapes["w2"] = torch.zeros(hidden, out_dim) if residual else dense(hidden, out_dim)
+        shapes["b2"] = torch.zeros(out_dim)
+    if arch == "twotower":
+        shapes["y_mean"] = torch.zeros(target_dim)
+        shapes["t_weight"] = dense(target_dim, out_dim)
+        shapes["t_bias"] = torch.zeros(out_dim)
+        shapes["t_w1"] = dense(target_dim, target_hidden, np.sqrt(6.0))
+        shapes["t_b1"] = torch.zeros(target_hidden)
+        shapes["t_w2"] = torch.zeros(target_hidden, out_dim)
+        shapes["t_b2"] = torch.zeros(out_dim)
+    for key, value in (init or {}).items():
+        if key not in shapes:
+            raise ValueError(f"init param {key!r} is not a parameter of {arch}")
+        value = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        if tuple(value.shape) != tuple(shapes[key].shape):
+            raise ValueError(f"init param {key} has shape {tuple(value.shape)}, expected {tuple(shapes[key].shape)}")
+        shapes[key] = value.clone()
+    return TorchAlignment(arch, shapes)
+
+
+def _make_module_class():
+    torch = _torch()
+    nn = torch.nn
+    #: statistics, not trained
+    buffers = ("x_mean", "x_scale", "y_mean")
+
+    class _TorchAlignment(nn.Module):
+        def __init__(self, arch: str, tensors: dict):
+            super().__init__()
+            self.arch = arch
+            self.kind = KIND_OF[arch]
+            for key, value in tensors.items():
+                if key in buffers:
+                    self.register_buffer(key, value.float().clone())
+                else:
+                    setattr(self, key, nn.Parameter(value.float().clone()))
+
+        def _block(self, z, prefix=""):
+            w1, b1 = getattr(self, prefix + "w1"), getattr(self, prefix + "b1")
+            w2, b2 = getattr(self, prefix + "w2"), getattr(self, prefix + "b2")
+            return torch.relu(z @ w1 + b1) @ w2 + b2
+
+        def source(self, x):
+            z = (x - self.x_mean) / self.x_scale
+            if self.arch == "linear":
+                return z @ self.weight + self.bias
+            if self.arch == "mlp":
+                return self._block(z)
+            return z @ self.weight + self.bias + self._block(z)
+
+        def target(self, y):
+            if self.arch != "twotower":
+                return y
+            c = y - self.y_mean
+            return c @ self.t_weight + self.t_bias + self._block(c, "t_")
+
+        def export_params(self) -> dict[str, np.ndarray]:
+            return {key: value.detach().cpu().numpy().astype(np.float32).copy()
+                    for key, value in self.state_dict().items()}
+
+    return _TorchAlignment
+
+
+_MODULE_CLASS = None
+
+
+def TorchAlignment(arch: str, tensors: dict):  # noqa: N802 - a class factory
+    global _MODULE_CLASS
+    if _MODULE_CLASS is None:
+        _MODULE_CLASS = _make_module_class()
+    return _MODULE_CLASS(arch, tensors)
+
+
+def ridge_init(ridge_params: dict) -> dict:
+    """nn-linear / nn-resmlp init from ``RidgeMap.params()`` (y_mean dropped, as the ridge kind does)."""
+    return {"x_mean": ridge_params["x_mean"], "x_scale": ridge_params["x_scale"], "weight": ridge_params["weight"]}
+
+
+def cca_init(cca_params: dict) -> dict:
+    """nn-twotower init from ``CCAMap.params()``: both linear parts are the weighted CCA projections."""
+    weights = np.asarray(cca_params["component_weights"])
+    return {"x_mean": cca_params["x_mean"], "x_scale": np.ones_like(cca_params["x_mean"]),
+            "weight": cca_params["x_projection"] * weights, "y_mean": cca_params["y_mean"],
+            "t_weight": cca_params["y_projection"] * weights}

@@ -1,0 +1,436 @@
+"""Train an alignment *network* (nessa.network) and save it as an artifact.
+
+Same protocol as ``nessa.train.train_alignment``: embed chunk pairs through the cache,
+split the speakers of the primary corpus (the first one) into fit / dev, train on the fit
+speakers (plus every speaker of the other corpora, weighted per domain), measure and
+calibrate (cross-model score and fusion with the runtime cosine) on the dev trials,
+then retrain the same configuration on all speakers and save.
+
+Training is seeded and resumable: one checkpoint per epoch under
+``<cache_dir>/../nessa-train/<run key>/`` (the run key hashes config, seed and data).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from nessa import calibration as cal
+from nessa import metrics
+from nessa.artifact import KINDS, AlignmentArtifact, utc_now
+from nessa.data import (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbeddings, Utterance,
+                        default_audio_loader, describe_utterances, embed_corpus, list_utterances,
+                        speech_only_loader)
+from nessa.linear import RidgeSolver, fit_cca
+from nessa.network import ARCHITECTURES, KIND_OF, TRANSFORMS, build_module, cca_init, ridge_init
+from nessa.train import AlignmentConfig, DevTrials, _calibrate, _split_scores, _summaries, build_dev_trials, split_speakers
+from speechcore.embedder import l2_normalise
+
+PAIR_ROLES = {"chunks": (ROLE_CHUNK, ROLE_FULL), "all": (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST)}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture, initialisation, losses and optimisation of an alignment network."""
+
+    arch: str = "resmlp"
+    hidden: int = 512
+    #: two-tower only: dimension of the shared space and hidden size of the target tower
+    shared_dim: int = 128
+    target_hidden: int = 128
+    #: "ridge" (linear part = the ridge solution), "cca" (two-tower: both linear parts =
+    #: weighted CCA projections) or "random"
+    init: str = "ridge"
+    ridge_alpha: float = 3.0
+    cca_shrinkage: float = 0.8
+    #: which plan segments of training speakers are pairs ("chunks": random chunks and
+    #: whole utterances, as ridge; "all": also the profile / test tiles)
+    pair_roles: str = "all"
+    epochs: int = 20
+    steps_per_epoch: int = 40
+    speakers_per_batch: int = 64
+    chunks_per_speaker: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    # loss weights
+    w_cosine: float = 1.0
+    w_mse: float = 0.0
+    w_contrastive: float = 1.0
+    #: two-tower: contrastive term among target-tower outputs (keeps the profile side discriminative)
+    w_target_contrastive: float = 0.0
+    temperature: float = 0.1
+    #: GLSC-SDR global term: AAM classification against all training speakers' prototypes
+    w_global: float = 0.0
+    global_scale: float = 30.0
+    global_margin: float = 0.1
+    #: (domain, weight) pairs; a domain is the folder name of a training corpus; others weigh 1
+    domain_weights: tuple = ()
+    #: corpora whose median clip is shorter than this are concatenated per speaker (0: never)
+    concatenate_below_seconds: float = 2.0
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {ARCHITECTURES}")
+        if self.init not in ("ridge", "cca", "random"):
+            raise ValueError("init must be ridge, cca or random")
+        if self.init == "cca" and self.arch != "twotower":
+            raise ValueError("init=cca needs arch=twotower")
+        if self.init == "ridge" and self.arch not in ("linear", "resmlp"):
+            raise ValueError("init=ridge needs arch=linear or resmlp")
+        if self.pair_roles not in PAIR_ROLES:
+            raise ValueError(f"pair_roles must be one of {sorted(PAIR_ROLES)}")
+
+    @property
+    def kind(self) -> str:
+        return KIND_OF[self.arch]
+
+    def domain_weight(self, domain: str) -> float:
+        return float(dict((str(k), float(v)) for k, v in self.domain_weights).get(domain, 1.0))
+
+    @classmethod
+    def from_any(cls, config: "NetworkConfig | dict | None") -> "NetworkConfig":
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"unknown network config keys {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(config)
+        if "domain_weights" in values:
+            dw = values["domain_weights"]
+            items = dw.items() if isinstance(dw, dict) else dw
+            values["domain_weights"] = tuple(sorted((str(k), float(v)) for k, v in items))
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["domain_weights"] = {k: v for k, v in self.domain_weights}
+        return out
+
+
+# ----------------------------------------------------------------------------- data
+@dataclasses.dataclass
+class PairSet:
+    x: np.ndarray          # (n, source_dim) float32, L2-normalised
+    y: np.ndarray          # (n, target_dim) float32, L2-normalised
+    speaker: np.ndarray    # (n,) int, index into ``speakers``
+    speakers: list         # names
+    speaker_weight: np.ndarray  # (n_speakers,) sampling weight (domain weight)
+
+
+def build_pairs(files: Sequence[FileEmbeddings], domains: dict[str, str], speakers: set[str],
+                config: NetworkConfig) -> PairSet:
+    """Pairs of the given speakers; ``domains`` maps a file path to its corpus domain."""
+    roles = PAIR_ROLES[config.pair_roles]
+    xs, ys, labels, names, weights = [], [], [], {}, {}
+    for item in files:
+        if item.speaker not in speakers:
+            continue
+        weight = config.domain_weight(domains[item.path])
+        if weight <= 0:
+            continue
+        rows = np.isin(item.plan.roles, roles)
+        index = names.setdefault(item.speaker, len(names))
+        weights[index] = weight
+        xs.append(item.source[rows])
+        ys.append(item.target[rows])
+        labels.append(np.full(int(rows.sum()), index))
+    if not xs:
+        raise ValueError("no training pairs")
+    return PairSet(x=l2_normalise(np.concatenate(xs).astype(np.float32)),
+                   y=l2_normalise(np.concatenate(ys).astype(np.float32)),
+                   speaker=np.concatenate(labels), speakers=list(names),
+                   speaker_weight=np.array([weights[i] for i in range(len(names))], dtype=np.float64))
+
+
+def _initial_params(config: NetworkConfig, pairs: PairSet) -> dict:
+    if config.init == "ridge":
+        return ridge_init(RidgeSolver(pairs.x, pairs.y).solve(config.ridge_alpha).params())
+    if config.init == "cca":
+        return cca_init(fit_cca(pairs.x, pairs.y, config.shared_dim, config.cca_shrinkage).params())
+    return {"x_mean": pairs.x.mean(axis=0), "x_scale": np.maximum(pairs.x.std(axis=0), 1e-8)}
+
+
+# ----------------------------------------------------------------------------- training
+def _run_key(config: NetworkConfig, seed: int, pairs: PairSet) -> str:
+    identity = {"config": config.as_dict(), "seed": seed, "n": len(pairs.x),
+                "x": hashlib.sha256(pairs.x.tobytes()).hexdigest(), "y": hashlib.sha256(pairs.y.tobytes()).hexdigest(),
+                "speaker": hashlib.sha256(pairs.speaker.astype(np.int64).tobytes()).hexdigest(),
+                "weights": pairs.speaker_weight.tolist()}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _epoch_batches(pairs: PairSet, config: NetworkConfig, seed: int, epoch: int, rows_by_speaker: list):
+    rng = np.random.default_rng([seed, epoch, 7])
+    n_speakers = len(pairs.speakers)
+    p = pairs.speaker_weight / pairs.speaker_weight.sum()
+    per_batch = min(config.speakers_per_batch, n_speakers)
+    for _ in range(config.steps_per_epoch):
+        chosen = rng.choice(n_speakers, size=per_batch, replace=False, p=p)
+        rows = [rng.choice(rows_by_speaker[s], size=config.chunks_per_speaker,
+                           replace=len(rows_by_speaker[s]) < config.chunks_per_speaker) for s in chosen]
+        yield np.concatenate(rows)
+
+
+def fit_network(pairs: PairSet, config: NetworkConfig | dict | None = None, seed: int = 0, *,
+                checkpoint_dir: str | os.PathLike | None = None, progress: bool = True,
+                log: list | None = None, eval_fn: Callable[[dict], dict] | None = None) -> dict:
+    """Train on ``pairs``; returns numpy params of kind ``config.kind``.
+
+    With ``checkpoint_dir`` every epoch is checkpointed under ``<checkpoint_dir>/<run key>/``
+    and a rerun resumes after the last completed epoch (identical result to an
+    uninterrupted run). ``eval_fn(params) -> dict`` is called after each epoch if given
+    and its output appended to ``log``.
+    """
+    import torch
+
+    from nessa import losses
+
+    config = NetworkConfig.from_any(config)
+    torch.manual_seed(seed)
+    model = build_module(config.arch, pairs.x.shape[1], pairs.y.shape[1], hidden=config.hidden,
+                         shared_dim=config.shared_dim, target_hidden=config.target_hidden,
+                         init=_initial_params(config, pairs), seed=seed)
+    optimiser = torch.optim.AdamW([p for p in model.parameters()], lr=config.lr, weight_decay=config.weight_decay)
+    x, y = torch.from_numpy(pairs.x), torch.from_numpy(pairs.y)
+    labels_all = torch.from_numpy(pairs.speaker.astype(np.int64))
+    rows_by_speaker = [np.flatnonzero(pairs.speaker == s) for s in range(len(pairs.speakers))]
+    centroids = torch.from_numpy(l2_normalise(np.stack([pairs.y[r].mean(axis=0) for r in rows_by_speaker])))
+    sample_weight = torch.from_numpy(pairs.speaker_weight.astype(np.float32))[labels_all]
+    total_steps = config.epochs * config.steps_per_epoch
+
+    run_dir = None
+    start_epoch = 0
+    if checkpoint_dir is not None:
+        run_dir = pathlib.Path(checkpoint_dir) / _run_key(config, seed, pairs)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        done = sorted(run_dir.glob("epoch_*.pt"))
+        if done:
+            state = torch.load(done[-1], weights_only=False)
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            start_epoch = state["epoch"] + 1
+            if log is not None:
+                log.extend(state.get("log", []))
+
+    bar = tqdm(range(start_epoch, config.epochs), desc=f"training {config.kind}", unit="epoch",
+               disable=not progress, initial=start_epoch, total=config.epochs)
+    for epoch in bar:
+        model.train()
+        totals = {}
+        for step, rows in enumerate(_epoch_batches(pairs, config, seed, epoch, rows_by_speaker)):
+            global_step = epoch * config.steps_per_epoch + step
+            for group in optimiser.param_groups:  # cosine decay with 1 epoch of warm-up
+                warm = min(1.0, (global_step + 1) / max(1, config.steps_per_epoch))
+                group["lr"] = config.lr * warm * 0.5 * (1 + np.cos(np.pi * global_step / total_steps))
+            index = torch.from_numpy(rows)
+            xb, yb, lb, wb = x[index], y[index], labels_all[index], sample_weight[index]
+            raw_a, raw_t = model.source(xb), model.target(yb)
+            a = torch.nn.functional.normalize(raw_a, dim=1)
+            t = torch.nn.functional.normalize(raw_t, dim=1)
+            parts = {}
+            if config.w_cosine:
+                parts["cosine"] = config.w_cosine * losses.cosine_fidelity(a, t, wb)
+            if config.w_mse:
+                parts["mse"] = config.w_mse * losses.mse_fidelity(raw_a, raw_t, wb)
+            if config.w_contrastive:
+                parts["contrastive"] = config.w_contrastive * losses.supervised_contrastive(
+                    a, t, lb, config.temperature, wb)
+            if config.w_target_contrastive:
+                parts["target_contrastive"] = config.w_target_contrastive * losses.supervised_contrastive(
+                    t, t, lb, config.temperature, wb, exclude_self=True)
+            if config.w_global:
+                prototypes = torch.nn.functional.normalize(model.target(centroids), dim=1)
+                parts["global"] = config.w_global * losses.prototype_classification(
+                    a, prototypes, lb, config.global_scale, config.global_margin, wb)
+            loss = sum(parts.values())
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            for key, value in {"loss": loss, **parts}.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach()) / config.steps_per_epoch
+        entry = {"epoch": epoch, **{k: round(v, 5) for k, v in totals.items()}}
+        if eval_fn is not None:
+            entry.update(eval_fn(model.export_params()))
+        if log is not None:
+            log.append(entry)
+        bar.set_postfix({k: v for k, v in entry.items() if k != "epoch"})
+        if run_dir is not None:
+            path = run_dir / f"epoch_{epoch:03d}.pt"
+            temporary = path.with_suffix(".tmp")
+            torch.save({"epoch": epoch, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                        "log": list(log or [])}, temporary)
+            os.replace(temporary, path)
+            for old in run_dir.glob("epoch_*.pt"):
+                if old != path:
+                    old.unlink()
+    return model.export_params()
+
+
+# ----------------------------------------------------------------------------- scoring on dev
+def network_cross_scores(kind: str, params: dict, trials: DevTrials) -> np.ndarray:
+    source_fn, target_fn = TRANSFORMS[kind]
+    p32 = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
+    aligned = l2_normalise(source_fn(p32, l2_normalise(trials.test_source.astype(np.float32))))
+    profiles = l2_normalise(target_fn(p32, l2_normalise(trials.profile_target.astype(np.float32))))
+    return aligned.astype(np.float64) @ profiles.T.astype(np.float64)
+
+
+def dev_eers(scores: np.ndarray, trials: DevTrials) -> dict:
+    """EER % pooled and per test length."""
+    out = {"pooled": 100 * metrics.equal_error_rate(*_split_scores(scores, trials.is_target))[0]}
+    for seconds in np.unique(trials.test_seconds):
+        rows = trials.test_seconds == seconds
+        out[f"{seconds:g}s"] = 100 * metrics.equal_error_rate(*_split_scores(scores, trials.is_target, rows))[0]
+    return {k: round(float(v), 3) for k, v in out.items()}
+
+
+def fused_llr(runtime: np.ndarray, cross: np.ndarray, trials: DevTrials, prior: float = 0.5) -> np.ndarray:
+    mask = trials.is_target
+    fusion = cal.fit_logistic_calibration(np.c_[runtime[mask], cross[mask]], np.c_[runtime[~mask], cross[~mask]],
+                                          ("runtime_cosine", "cross_cosine"), prior=prior)
+    return fusion.llr(runtime, cross)
+
+
+# ----------------------------------------------------------------------------- corpora
+def _median_clip_seconds(utterances: Sequence[Utterance], sample: int = 50) -> float:
+    import soundfile as sf
+
+    picked = list(utterances)[:: max(1, len(utterances) // sample)]
+    return float(np.median([sf.info(path).duration for _, path in picked]))
+
+
+def prepare_corpora(train_dirs: Sequence[str], config: NetworkConfig,
+                    concat_dir: str | os.PathLike) -> list[tuple[str, list[Utterance]]]:
+    """[(domain, utterances)] per training corpus; short-clip corpora concatenated per speaker."""
+    from nessa.corpora import concatenate_speaker_clips
+
+    corpora = []
+    for directory in train_dirs:
+        domain = pathlib.Path(directory).name
+        utterances = list_utterances(directory)
+        if config.concatenate_below_seconds and _median_clip_seconds(utterances) < config.concatenate_below_seconds:
+            root = concatenate_speaker_clips(directory, pathlib.Path(concat_dir) / f"{domain}-concat")
+            utterances = list_utterances(root)
+        corpora.append((domain, sorted(utterances)))
+    return corpora
+
+
+# ----------------------------------------------------------------------------- the whole thing
+def train_network_alignment(source, target, corpora: Sequence[tuple[str, list[Utterance]]], *,
+                            out_dir: str | os.PathLike, name: str, config: NetworkConfig | dict | None = None,
+                            seed: int = 0, cache_dir: str | os.PathLike, progress: bool = True, command: str = "",
+                            load_audio: Callable[[str], np.ndarray] | None = None,
+                            data_sources: Sequence[str] = (),
+                            base: AlignmentConfig | dict | None = None) -> AlignmentArtifact:
+    """Embed, train on fit speakers, calibrate + fuse on dev speakers of the first corpus,
+    retrain on all speakers, save ``<out_dir>/<name>/``. ``base`` carries the chunking,
+    dev split and calibration settings of ``nessa.train.AlignmentConfig`` (defaults: the
+    shipped ridge's)."""
+    config = NetworkConfig.from_any(config)
+    base = AlignmentConfig.from_any(base)
+    started = time.monotonic()
+    all_utterances = sorted({u for _, utterances in corpora for u in utterances})
+    data_description, data_sha256 = describe_utterances(all_utterances)
+    load_audio = load_audio or default_audio_loader()
+    if base.speech_only:
+        load_audio = speech_only_loader(load_audio)
+    files, domains = [], {}
+    for domain, utterances in corpora:
+        embedded = embed_corpus(utterances, source, target, base.chunk_spec(seed), cache_dir=cache_dir,
+                                load_audio=load_audio, audio_tag="speech_only" if base.speech_only else "raw",
+                                batch_size=base.batch_size, progress=progress)
+        files += embedded
+        domains.update({item.path: domain for item in embedded})
+    embedded_at = time.monotonic()
+
+    primary = {item.speaker for item in files if domains[item.path] == corpora[0][0]}
+    fit_primary, dev_speakers = split_speakers(sorted(primary), base.dev_fraction, seed)
+    all_speakers = {item.speaker for item in files}
+    fit_speakers = all_speakers - set(dev_speakers)
+    trials = build_dev_trials(files, set(dev_speakers))
+    checkpoints = pathlib.Path(cache_dir).parent / "nessa-train"
+
+    dev_log: list = []
+    fit_pairs = build_pairs(files, domains, fit_speakers, config)
+    params_dev = fit_network(fit_pairs, config, seed, checkpoint_dir=checkpoints, progress=progress, log=dev_log)
+    cross = network_cross_scores(config.kind, params_dev, trials)
+    runtime = trials.test_source @ trials.profile_source.T
+    enroll_reference = trials.test_target @ trials.profile_target.T
+    cross_calibration, cross_llr, cross_report = _calibrate([cross], ("cross_cosine",), trials, base)
+    fused_calibration, fused_llr_values, fused_report = _calibrate(
+        [runtime, cross], ("runtime_cosine", "cross_cosine"), trials, base)
+    threshold_sets = {"fused": fused_calibration.thresholds, "cross": cross_calibration.thresholds}
+    open_set = {kind: metrics.open_set_identification(llr, trials.test_speakers, trials.profile_speakers,
+                                                      threshold_sets[kind])
+                for kind, llr in (("fused", fused_llr_values), ("cross", cross_llr))}
+
+    all_pairs = build_pairs(files, domains, all_speakers, config)
+    params = fit_network(all_pairs, config, seed, checkpoint_dir=checkpoints, progress=progress)
+    finished = time.monotonic()
+    p_target = base.min_dcf_p_target
+    evaluation = {
+        "split": {"fit_speakers": len(fit_speakers), "dev_speakers": len(dev_speakers),
+                  "fit_pairs": int(len(fit_pairs.x)), "final_pairs": int(len(all_pairs.x)),
+                  "dev_profiles": int(len(trials.profile_speakers)), "dev_tests": int(len(trials.test_speakers)),
+                  "dev_target_trials": int(trials.is_target.sum()),
+                  "dev_nontarget_trials": int((~trials.is_target).sum())},
+        "training_log_dev_fit": dev_log,
+        "runtime_symmetric": _summaries(runtime, trials, p_target),
+        "cross": _summaries(cross, trials, p_target),
+        "fused": _summaries(fused_llr_values, trials, p_target),
+        "enroll_symmetric_reference": _summaries(enroll_reference, trials, p_target),
+        "calibration": {"cross": cross_report, "fused": fused_report},
+        "open_set_identification": open_set,
+        "timing_seconds": {"embedding": round(embedded_at - started, 1), "fitting": round(finished - embedded_at, 1)},
+    }
+    evaluation["summary"] = {
+        "dev_eer_percent": {kind: evaluation[kind]["pooled"]["eer_percent"]
+                            for kind in ("runtime_symmetric", "cross", "fused", "enroll_symmetric_reference")},
+        "dev_min_dcf_normalised": {kind: evaluation[kind]["pooled"]["min_dcf_normalised"]
+                                   for kind in ("runtime_symmetric", "cross", "fused", "enroll_symmetric_reference")},
+    }
+    domain_counts = {}
+    for item in files:
+        domain_counts.setdefault(domains[item.path], set()).add(item.speaker)
+    artifact = AlignmentArtifact(
+        name=name, kind=config.kind,
+        source_version=source.version, source_dim=int(source.dim), source_weights_sha256=source.weights_sha256,
+        target_version=target.version, target_dim=int(target.dim), target_weights_sha256=target.weights_sha256,
+        params=params, config={**base.as_dict(), "kind": config.kind, "network": config.as_dict(), "seed": seed},
+        data={**data_description, "n_utterances_used": len(files),
+              "sources": [str(pathlib.PurePath(s)) for s in data_sources],
+              "domains": {d: len(s) for d, s in sorted(domain_counts.items())},
+              "fit_speakers": sorted(fit_speakers), "dev_speakers": dev_speakers},
+        data_sha256=data_sha256, metrics=evaluation,
+        calibration=cross_calibration.to_dict(), fusion=fused_calibration.to_dict(),
+        command=command, created_at=utc_now())
+    artifact.save(out_dir)
+    return artifact
+
+
+def train_network_from_folders(source, target, train_dirs: Sequence[str], out_dir: str | os.PathLike, name: str,
+                               config: NetworkConfig | dict | None = None, seed: int = 0,
+                               cache_dir: str | os.PathLike = "var/cache/embeddings", command: str = "",
+                               progress: bool = True, concat_dir: str | os.PathLike = "var/corpora",
+                               base: AlignmentConfig | dict | None = None) -> AlignmentArtifact:
+    """What ``nessa align train --arch ...`` calls. The first folder is the primary corpus
+    (its speakers provide the dev split); the others only add training speakers, weighted by
+    ``config.domain_weights`` (domain = folder name). Short-clip corpora (Speech Commands)
+    are concatenated per speaker under ``concat_dir`` first."""
+    if not train_dirs:
+        raise ValueError("give at least one training corpus")
+    config = NetworkConfig.from_any(config)
+    corpora = prepare_corpora(train_dirs, config, concat_dir)
+    return train_network_alignment(source, target, corpora, out_dir=out_dir, name=name, config=config, seed=seed,
+                                   cache_dir=cache_dir, progress=progress, command=command,
+                                   data_sources=[str(d) for d in train_dirs], base=base)
