@@ -476,7 +476,8 @@ def profile_draws(speakers: np.ndarray, n_enroll: int, draws: int, seed: int) ->
     return out
 
 
-def _summary(targets: np.ndarray, nontargets: np.ndarray) -> tuple[float, float]:
+def verification_figures(targets, nontargets) -> tuple[float, float]:
+    """(EER in percent, minDCF at P_TARGET normalised by it), computed by speechbrain."""
     eer = metrics.equal_error_rate(targets, nontargets)[0]
     dcf = metrics.min_dcf(targets, nontargets, P_TARGET)[0] / min(P_TARGET, 1.0 - P_TARGET)
     return 100.0 * eer, dcf
@@ -497,7 +498,7 @@ def run_all_pairs(system: System, data: EvalEmbeddings, condition: str) -> tuple
     same = data.speakers[:, None] == data.speakers[None, :]
     valid = ~np.eye(n, dtype=bool)
     targets, nontargets = scores[same & valid], scores[~same & valid]
-    eer, dcf = _summary(targets, nontargets)
+    eer, dcf = verification_figures(targets, nontargets)
     row = {"eer": eer, "min_dcf": dcf, "eer_sd": None, "min_dcf_sd": None, "top1": None, "top1_sd": None,
            "top1_at_threshold": None, "n_target": int(targets.size), "n_nontarget": int(nontargets.size)}
     return row, Trials([targets], [nontargets])
@@ -518,7 +519,7 @@ def run_profile(system: System, data: EvalEmbeddings, condition: str,
         scores = np.asarray(scorer(test_e[rows], test_r[rows]), dtype=np.float64)  # (tests, profiles)
         truth = data.speakers[rows][:, None] == names[None, :]
         targets, nontargets = scores[truth], scores[~truth]
-        eer, dcf = _summary(targets, nontargets)
+        eer, dcf = verification_figures(targets, nontargets)
         eers.append(eer)
         dcfs.append(dcf)
         thresholds = {} if system.threshold is None else {"system": system.threshold}
@@ -643,7 +644,7 @@ class EvaluationResult:
             axis.set_xlabel("false accept rate (%)")
             axis.set_ylabel("false reject rate (%)")
             axis.grid(True, linewidth=0.3)
-            axis.legend(fontsize=7, loc="upper right")
+            axis.legend(fontsize=7, loc="lower left")
         figure.tight_layout()
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -698,8 +699,16 @@ def evaluate(enroll_embedder, runtime_embedder, eval_dir=DEFAULT_EVAL_DIR, *, ar
     explicit = artifacts is not None
     artifact_list = _load_artifacts(discover_artifacts() if artifacts is None else artifacts, explicit)
     if enroll_embedder is not None and runtime_embedder is not None:
+        fitting = []
         for artifact in artifact_list:
-            artifact.check_embedders(runtime_embedder, enroll_embedder)
+            try:
+                artifact.check_embedders(runtime_embedder, enroll_embedder)
+                fitting.append(artifact)
+            except ArtifactError as exc:
+                if explicit:
+                    raise
+                print(f"nessa eval: skipping {artifact.name}: {exc}")
+        artifact_list = fitting
     if provider is None:
         provider = AudioEmbeddingProvider(enroll_embedder, runtime_embedder, eval_dir, anchors_dir=anchors_dir,
                                           cache_dir=cache_dir, crops=crops, seed=seed, progress=progress)
@@ -781,6 +790,7 @@ def benchmark_scoring(artifact: AlignmentArtifact, n_candidates: int = 10, repea
     micro = times / 1000.0
     return {"artifact": artifact.name, "n_candidates": n_candidates, "repeats": repeats,
             "p50_us": round(float(np.percentile(micro, 50)), 2), "p95_us": round(float(np.percentile(micro, 95)), 2),
+            "p99_us": round(float(np.percentile(micro, 99)), 2),
             "mean_us": round(float(micro.mean()), 2)}
 
 

@@ -33,6 +33,8 @@ from nessa.network import ARCHITECTURES, KIND_OF, TRANSFORMS, build_module, cca_
 from nessa.train import AlignmentConfig, DevTrials, _calibrate, _split_scores, _summaries, build_dev_trials, split_speakers
 from speechcore.embedder import l2_normalise
 
+#: bump when the parameterisation changes, so that old checkpoints are not resumed
+CHECKPOINT_VERSION = 2
 PAIR_ROLES = {"chunks": (ROLE_CHUNK, ROLE_FULL), "all": (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST)}
 
 
@@ -59,6 +61,12 @@ class NetworkConfig:
     chunks_per_speaker: int = 4
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    #: penalty ``l2_init * sum((p - p_init)^2)`` pulling every trained array towards its
+    #: initial value (L2-SP: keeps a ridge/CCA-initialised net near its linear solution)
+    l2_init: float = 0.0
+    #: Gaussian noise on the standardised runtime input while training (std)
+    input_noise: float = 0.0
+    dropout: float = 0.0
     # loss weights
     w_cosine: float = 1.0
     w_mse: float = 0.0
@@ -156,13 +164,18 @@ def _initial_params(config: NetworkConfig, pairs: PairSet) -> dict:
     if config.init == "ridge":
         return ridge_init(RidgeSolver(pairs.x, pairs.y).solve(config.ridge_alpha).params())
     if config.init == "cca":
-        return cca_init(fit_cca(pairs.x, pairs.y, config.shared_dim, config.cca_shrinkage).params())
-    return {"x_mean": pairs.x.mean(axis=0), "x_scale": np.maximum(pairs.x.std(axis=0), 1e-8)}
+        return cca_init(fit_cca(pairs.x, pairs.y, config.shared_dim, config.cca_shrinkage).params(),
+                        np.maximum(pairs.x.std(axis=0), 1e-8), np.maximum(pairs.y.std(axis=0), 1e-8))
+    init = {"x_mean": pairs.x.mean(axis=0), "x_scale": np.maximum(pairs.x.std(axis=0), 1e-8),
+            "y_mean": pairs.y.mean(axis=0)}
+    if config.arch == "twotower":
+        init["y_scale"] = np.maximum(pairs.y.std(axis=0), 1e-8)
+    return init
 
 
 # ----------------------------------------------------------------------------- training
 def _run_key(config: NetworkConfig, seed: int, pairs: PairSet) -> str:
-    identity = {"config": config.as_dict(), "seed": seed, "n": len(pairs.x),
+    identity = {"version": CHECKPOINT_VERSION, "config": config.as_dict(), "seed": seed, "n": len(pairs.x),
                 "x": hashlib.sha256(pairs.x.tobytes()).hexdigest(), "y": hashlib.sha256(pairs.y.tobytes()).hexdigest(),
                 "speaker": hashlib.sha256(pairs.speaker.astype(np.int64).tobytes()).hexdigest(),
                 "weights": pairs.speaker_weight.tolist()}
@@ -200,6 +213,8 @@ def fit_network(pairs: PairSet, config: NetworkConfig | dict | None = None, seed
     model = build_module(config.arch, pairs.x.shape[1], pairs.y.shape[1], hidden=config.hidden,
                          shared_dim=config.shared_dim, target_hidden=config.target_hidden,
                          init=_initial_params(config, pairs), seed=seed)
+    model.input_noise, model.dropout = config.input_noise, config.dropout
+    anchors = {name: value.detach().clone() for name, value in model.named_parameters()}
     optimiser = torch.optim.AdamW([p for p in model.parameters()], lr=config.lr, weight_decay=config.weight_decay)
     x, y = torch.from_numpy(pairs.x), torch.from_numpy(pairs.y)
     labels_all = torch.from_numpy(pairs.speaker.astype(np.int64))
@@ -222,6 +237,7 @@ def fit_network(pairs: PairSet, config: NetworkConfig | dict | None = None, seed
             if log is not None:
                 log.extend(state.get("log", []))
 
+    model.train()
     bar = tqdm(range(start_epoch, config.epochs), desc=f"training {config.kind}", unit="epoch",
                disable=not progress, initial=start_epoch, total=config.epochs)
     for epoch in bar:
@@ -252,6 +268,9 @@ def fit_network(pairs: PairSet, config: NetworkConfig | dict | None = None, seed
                 prototypes = torch.nn.functional.normalize(model.target(centroids), dim=1)
                 parts["global"] = config.w_global * losses.prototype_classification(
                     a, prototypes, lb, config.global_scale, config.global_margin, wb)
+            if config.l2_init:
+                parts["l2_init"] = config.l2_init * sum(((value - anchors[name]) ** 2).sum()
+                                                        for name, value in model.named_parameters())
             loss = sum(parts.values())
             optimiser.zero_grad()
             loss.backward()
@@ -273,6 +292,7 @@ def fit_network(pairs: PairSet, config: NetworkConfig | dict | None = None, seed
             for old in run_dir.glob("epoch_*.pt"):
                 if old != path:
                     old.unlink()
+    model.eval()
     return model.export_params()
 
 

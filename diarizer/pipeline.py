@@ -1,0 +1,321 @@
+"""The diarization pipeline.
+
+    Silero VAD -> sliding windows over speech -> runtime (GE2E) embeddings, batched
+    -> aligned into the enrollment space with the alignment artifact -> clustering
+    -> frame-level re-segmentation (10 ms) and median smoothing -> naming.
+
+Everything model-like (runtime embedder, artifact, VAD, gallery) is passed in; this
+package never imports ``app``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Iterable
+
+import numpy as np
+from scipy.ndimage import median_filter
+
+from diarizer.clustering import METHODS, cluster, validate_hints
+from diarizer.naming import Gallery, name_clusters
+from diarizer.result import DiarizationResult, Segment, SpeakerSummary
+from speechcore.embedder import l2_normalise
+
+SAMPLE_RATE = 16000
+FEATURES = ("raw", "aligned", "concat")
+
+
+@dataclasses.dataclass
+class DiarizerConfig:
+    window_s: float = 1.5
+    hop_s: float = 0.75
+    #: speech segments shorter than this get no window of their own; their frames take the
+    #: scores of the nearest embedded frames
+    min_window_s: float = 0.5
+    #: which embedding the clustering sees: raw GE2E windows, aligned ones, or both
+    features: str = "raw"
+    method: str = "spectral"
+    #: AHC cosine-distance cut (used by ``ahc``); tuned per feature space (see docs)
+    ahc_threshold: float | None = None
+    #: upper bound on the eigengap search when no max_speakers hint is given
+    max_speakers: int = 8
+    #: row-wise affinity pruning share for spectral clustering (0 = dense). GE2E cosines
+    #: are all high (ReLU outputs), so a dense affinity always gives one speaker
+    pruning: float | str = 0.7
+    frame_s: float = 0.01
+    #: median filter over frame scores, in frames (odd)
+    median_frames: int = 51
+    #: runs shorter than this are given to a neighbour after smoothing
+    min_segment_s: float = 0.2
+    embed_batch: int = 64
+    seed: int = 0
+    #: Silero threshold of the VAD the Diarizer builds when none is passed in (far-field
+    #: meeting audio loses much speech at silero's default 0.5)
+    vad_threshold: float = 0.3
+    #: with an overlap detector: where speech comes from ("silero", "segmentation" = the
+    #: segmentation model's own speech probability, or "union" of both)
+    speech_source: str = "silero"
+    #: overlap probability above which a speech frame gets a second (next-best) speaker
+    overlap_threshold: float = 0.5
+
+    def validate(self) -> None:
+        if self.features not in FEATURES:
+            raise ValueError(f"features must be one of {FEATURES}, got {self.features!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not (0 < self.hop_s <= self.window_s):
+            raise ValueError("need 0 < hop_s <= window_s")
+        if self.min_window_s > self.window_s:
+            raise ValueError("min_window_s must not exceed window_s")
+        if self.speech_source not in ("silero", "segmentation", "union"):
+            raise ValueError("speech_source must be silero, segmentation or union")
+
+
+#: AHC cosine-distance thresholds per feature space, chosen on the real conversations
+DEFAULT_AHC_THRESHOLDS = {"raw": 0.40, "aligned": 0.60, "concat": 0.50}
+
+
+def sliding_windows(speech: list[tuple[float, float]], window_s: float, hop_s: float,
+                    min_window_s: float) -> list[tuple[float, float]]:
+    """Windows inside each speech segment; the last one is aligned to the segment's end."""
+    windows = []
+    for start, end in speech:
+        length = end - start
+        if length < min_window_s:
+            continue
+        if length <= window_s:
+            windows.append((start, end))
+            continue
+        count = int(np.ceil((length - window_s) / hop_s)) + 1
+        starts = [start + i * hop_s for i in range(count - 1)] + [end - window_s]
+        windows.extend((s, s + window_s) for s in starts)
+    return windows
+
+
+class Diarizer:
+    """Who spoke when, named against a gallery of voice profiles.
+
+    ``runtime_embedder``: the runtime-side Embedder (GE2E); ``artifact``: the active
+    AlignmentArtifact; ``vad``: a SileroVAD (constructed if None).
+    """
+
+    def __init__(self, runtime_embedder, artifact, vad=None, config: DiarizerConfig | None = None,
+                 overlap_detector=None):
+        self.embedder = runtime_embedder
+        self.artifact = artifact
+        self.config = config or DiarizerConfig()
+        if vad is None:
+            from speechcore.vad import SileroVAD
+            vad = SileroVAD(threshold=self.config.vad_threshold)
+        self.vad = vad
+        #: optional diarizer.overlap.OverlapDetector (pyannote segmentation-3.0)
+        self.overlap_detector = overlap_detector
+        self.config.validate()
+        if artifact is not None and (artifact.source_version != runtime_embedder.version
+                                     or artifact.source_dim != runtime_embedder.dim):
+            raise ValueError(f"artifact {artifact.name!r} maps {artifact.source_version} "
+                             f"({artifact.source_dim}-d), but the runtime embedder is "
+                             f"{runtime_embedder.version} ({runtime_embedder.dim}-d)")
+
+    # ------------------------------------------------------------------ stages
+    def embed_windows(self, wav: np.ndarray, windows: list[tuple[float, float]]) -> np.ndarray:
+        pieces = [wav[int(round(s * SAMPLE_RATE)):int(round(e * SAMPLE_RATE))] for s, e in windows]
+        out = [self.embedder.embed(pieces[i:i + self.config.embed_batch])
+               for i in range(0, len(pieces), self.config.embed_batch)]
+        return np.concatenate(out) if out else np.zeros((0, self.embedder.dim), np.float32)
+
+    def features(self, raw: np.ndarray, aligned: np.ndarray | None) -> np.ndarray:
+        kind = self.config.features
+        if kind == "raw" or aligned is None:
+            return l2_normalise(raw)
+        if kind == "aligned":
+            return aligned
+        return l2_normalise(np.concatenate([l2_normalise(raw), aligned], axis=1))
+
+    # ------------------------------------------------------------------ main entry
+    def diarize(self, wav: np.ndarray, sample_rate: int = SAMPLE_RATE, *,
+                gallery: Gallery | None = None, candidates: Iterable | None = None,
+                num_speakers: int | None = None, min_speakers: int | None = None,
+                max_speakers: int | None = None) -> DiarizationResult:
+        hints = validate_hints(num_speakers, min_speakers, max_speakers)
+        if gallery is not None and self.artifact is None:
+            raise ValueError("naming against a gallery needs the alignment artifact")
+        config = self.config
+        timings = {}
+        t0 = time.perf_counter()
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim != 1:
+            raise ValueError(f"expected a mono 1-D waveform, got shape {wav.shape}")
+        if sample_rate != SAMPLE_RATE:
+            from speechcore.audio import resample
+            wav = resample(wav, sample_rate, SAMPLE_RATE)
+        duration = len(wav) / SAMPLE_RATE
+        speech = [(s, min(e, duration)) for s, e in self.vad.segments(wav)] if len(wav) else []
+        overlap = None
+        if self.overlap_detector is not None and len(wav) and (speech or config.speech_source != "silero"):
+            t_overlap = time.perf_counter()
+            overlap, seg_speech = self._segmentation_frames(wav, duration)
+            timings["overlap_s"] = time.perf_counter() - t_overlap
+            if config.speech_source != "silero":
+                silero = _mask(speech, len(seg_speech), config.frame_s)
+                mask = seg_speech if config.speech_source == "segmentation" else (seg_speech | silero)
+                speech = [(a * config.frame_s, b * config.frame_s)
+                          for a, b, on in _runs(mask.astype(int)) if on]
+        timings["vad_s"] = time.perf_counter() - t0 - timings.get("overlap_s", 0.0)
+        info = {"config": dataclasses.asdict(config), "timings": timings,
+                "speech_seconds": round(sum(e - s for s, e in speech), 3)}
+        if self.artifact is not None:
+            info["artifact"] = self.artifact.name
+        windows = sliding_windows(speech, config.window_s, config.hop_s, config.min_window_s)
+        if not windows and speech:
+            # only very short speech: one window per segment, however short
+            windows = list(speech)
+        info["windows"] = len(windows)
+        if not windows:
+            timings["total_s"] = time.perf_counter() - t0
+            return DiarizationResult([], [], duration, info)
+
+        t1 = time.perf_counter()
+        raw = self.embed_windows(wav, windows)
+        aligned = self.artifact.transform(raw) if self.artifact is not None else None
+        timings["embed_s"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        feats = self.features(raw, aligned)
+        threshold = config.ahc_threshold
+        if threshold is None:
+            threshold = DEFAULT_AHC_THRESHOLDS[config.features]
+        labels, cluster_info = cluster(feats, config.method, hints, threshold=threshold,
+                                       max_speakers_default=config.max_speakers,
+                                       pruning=config.pruning, seed=config.seed)
+        info["clustering"] = cluster_info
+        timings["cluster_s"] = time.perf_counter() - t2
+
+        t3 = time.perf_counter()
+        frame_labels, second = self.resegment(feats, labels, windows, speech, duration, overlap)
+        segments = frames_to_segments(frame_labels, config.frame_s)
+        if second is not None:
+            segments = sorted(segments + frames_to_segments(second, config.frame_s))
+            info["overlap_seconds"] = round(float((second >= 0).sum() * config.frame_s), 3)
+        timings["resegment_s"] = time.perf_counter() - t3
+
+        # clusters that survived re-segmentation, numbered by first appearance
+        order: list[int] = []
+        for _, _, c in segments:
+            if c not in order:
+                order.append(c)
+        t4 = time.perf_counter()
+        runtime_centroids = np.stack([l2_normalise(raw[labels == c].mean(axis=0, keepdims=True))[0]
+                                      for c in order]) if order else np.zeros((0, raw.shape[1]))
+        names = name_clusters(self.artifact, runtime_centroids, gallery, candidates) if order else []
+        timings["naming_s"] = time.perf_counter() - t4
+        by_cluster = dict(zip(order, names))
+        out_segments = [Segment(s, e, by_cluster[c].label, by_cluster[c].speaker_id, by_cluster[c].score)
+                        for s, e, c in segments]
+        speakers = []
+        for c in order:
+            name = by_cluster[c]
+            mine = [seg for seg in out_segments if seg.label == name.label]
+            speakers.append(SpeakerSummary(name.label, name.speaker_id, name.score,
+                                           sum(seg.duration for seg in mine), len(mine), c))
+        info["naming"] = [{"label": n.label, "speaker_id": n.speaker_id, "score": n.score,
+                           "threshold": n.threshold, "path": n.path} for n in names]
+        timings["total_s"] = time.perf_counter() - t0
+        timings.update({k: round(v, 4) for k, v in timings.items()})
+        return DiarizationResult(out_segments, speakers, duration, info)
+
+    def _segmentation_frames(self, wav, duration) -> tuple[np.ndarray, np.ndarray]:
+        """Overlap probability and speech mask from the segmentation model, on our frame grid."""
+        frame = self.config.frame_s
+        n_frames = int(np.ceil(duration / frame))
+        centres = (np.arange(n_frames) + 0.5) * frame
+        times, speech_prob, overlap_prob = self.overlap_detector.probabilities(wav)
+        return (np.interp(centres, times, overlap_prob),
+                np.interp(centres, times, speech_prob) >= 0.5)
+
+    def resegment(self, feats: np.ndarray, labels: np.ndarray, windows, speech, duration,
+                  overlap: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-frame cluster index (-1 = no speech): each frame takes the cluster whose
+        centroid the windows covering it match best (mean cosine), median-smoothed.
+        With overlap probabilities, overlapped speech frames also get the next-best
+        cluster (the second array; -1 elsewhere), as in overlap-aware resegmentation."""
+        config = self.config
+        frame = config.frame_s
+        n_frames = int(np.ceil(duration / frame))
+        k = int(labels.max()) + 1
+        centroids = l2_normalise(np.stack([feats[labels == c].mean(axis=0) for c in range(k)]))
+        window_scores = feats @ centroids.T  # (windows, k)
+        total = np.zeros((n_frames, k))
+        count = np.zeros(n_frames)
+        for (s, e), scores in zip(windows, window_scores):
+            a, b = int(round(s / frame)), min(n_frames, int(round(e / frame)))
+            total[a:b] += scores
+            count[a:b] += 1
+        speech_mask = np.zeros(n_frames, dtype=bool)
+        for s, e in speech:
+            speech_mask[int(round(s / frame)):min(n_frames, int(round(e / frame)))] = True
+        covered = count > 0
+        scores = np.divide(total, count[:, None], out=np.zeros_like(total), where=covered[:, None])
+        # speech frames without a window take the scores of the nearest covered frame
+        covered_idx = np.flatnonzero(covered)
+        missing = np.flatnonzero(speech_mask & ~covered)
+        if len(missing) and len(covered_idx):
+            pos = np.clip(np.searchsorted(covered_idx, missing), 0, len(covered_idx) - 1)
+            prev = covered_idx[np.maximum(pos - 1, 0)]
+            nxt = covered_idx[pos]
+            nearest = np.where(np.abs(prev - missing) <= np.abs(nxt - missing), prev, nxt)
+            scores[missing] = scores[nearest]
+        if k > 1 and config.median_frames > 1:
+            scores = median_filter(scores, size=(config.median_frames | 1, 1), mode="nearest")
+        frame_labels = np.where(speech_mask, np.argmax(scores, axis=1), -1)
+        if k > 1 and config.min_segment_s > 0:
+            frame_labels = _absorb_short_runs(frame_labels, int(round(config.min_segment_s / frame)))
+        second = None
+        if overlap is not None and k > 1:
+            ranked = np.argsort(-scores, axis=1)
+            alternative = np.where(ranked[:, 0] == frame_labels, ranked[:, 1], ranked[:, 0])
+            on = speech_mask & (overlap[:n_frames] >= config.overlap_threshold)
+            second = np.where(on, alternative, -1)
+            if config.min_segment_s > 0:
+                min_frames = int(round(config.min_segment_s / frame))
+                second = np.where(_mask([(a * frame, b * frame) for a, b, c in _runs(second)
+                                         if c >= 0 and b - a >= min_frames], n_frames, frame),
+                                  second, -1)
+        return frame_labels, second
+
+
+def _mask(spans, n_frames: int, frame_s: float) -> np.ndarray:
+    mask = np.zeros(n_frames, dtype=bool)
+    for s, e in spans:
+        mask[int(round(s / frame_s)):min(n_frames, int(round(e / frame_s)))] = True
+    return mask
+
+
+def _runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
+    """(start, end, label) runs of equal values (end exclusive)."""
+    if not len(labels):
+        return []
+    change = np.flatnonzero(np.diff(labels)) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [len(labels)]])
+    return [(int(a), int(b), int(labels[a])) for a, b in zip(starts, ends)]
+
+
+def _absorb_short_runs(labels: np.ndarray, min_frames: int) -> np.ndarray:
+    """Speech runs shorter than min_frames flanked by speech take the longer neighbour's label."""
+    labels = labels.copy()
+    runs = _runs(labels)
+    for i, (a, b, label) in enumerate(runs):
+        if label < 0 or b - a >= min_frames:
+            continue
+        left = runs[i - 1] if i > 0 and runs[i - 1][2] >= 0 else None
+        right = runs[i + 1] if i + 1 < len(runs) and runs[i + 1][2] >= 0 else None
+        if left is None and right is None:
+            continue
+        pick = max((r for r in (left, right) if r is not None), key=lambda r: r[1] - r[0])
+        labels[a:b] = pick[2]
+    return labels
+
+
+def frames_to_segments(frame_labels: np.ndarray, frame_s: float) -> list[tuple[float, float, int]]:
+    return [(a * frame_s, b * frame_s, label) for a, b, label in _runs(frame_labels) if label >= 0]

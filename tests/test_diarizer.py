@@ -1,0 +1,257 @@
+"""diarizer: the pipeline on real speech, RTTM, naming, hints, simulator, evaluation."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from diarizer import (Diarizer, DiarizerConfig, Gallery, HintError, Segment, name_clusters,
+                      parse_rttm, rttm_lines, validate_hints)
+from diarizer.evaluate import folder_items, naming_accuracy, score_file
+from diarizer.simulate import simulate_conversation
+from tests.conftest import REPO_ROOT, requires_shared_data
+
+pytestmark = pytest.mark.models_only
+
+ARTIFACT_DIR = REPO_ROOT / "nessa" / "artifacts" / "ridge-ge2e256-to-campplus192-v1"
+RTTM_LINE = re.compile(r"^SPEAKER (\S+) 1 (\d+\.\d{3}) (\d+\.\d{3}) <NA> <NA> (\S+) <NA> <NA>$")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def runtime_embedder():
+    from runtime_models.ge2e import GE2EEmbedder
+    return GE2EEmbedder()
+
+
+@pytest.fixture(scope="module")
+def artifact():
+    from nessa.artifact import AlignmentArtifact
+    return AlignmentArtifact.load(ARTIFACT_DIR)
+
+
+@pytest.fixture(scope="module")
+def diarizer(runtime_embedder, artifact):
+    return Diarizer(runtime_embedder, artifact)
+
+
+# ------------------------------------------------------------------ RTTM
+def test_rttm_round_trip_and_format(tmp_path):
+    segments = [Segment(0.5, 1.25, "alice"), Segment(1.0, 3.0, "unknown-1"),
+                Segment(4.0, 4.0, "empty"), Segment(5.0, 6.5, "two words")]
+    text = rttm_lines(segments, uri="my call")
+    lines = text.splitlines()
+    assert len(lines) == 3  # zero-length segments are not written
+    for line in lines:
+        assert RTTM_LINE.match(line), line
+    assert lines[0] == "SPEAKER my_call 1 0.500 0.750 <NA> <NA> alice <NA> <NA>"
+    path = tmp_path / "x.rttm"
+    path.write_text("# comment\n\n" + text, encoding="utf-8")
+    parsed = parse_rttm(path)
+    assert list(parsed) == ["my_call"]
+    assert [(s.start, s.end, s.label) for s in parsed["my_call"]] == [
+        (0.5, 1.25, "alice"), (1.0, 3.0, "unknown-1"), (5.0, 6.5, "two_words")]
+    with pytest.raises(ValueError, match="line 1"):
+        parse_rttm(__import__("io").StringIO("SPEAKER x 1 abc 1.0 <NA> <NA> a <NA> <NA>\n"))
+
+
+def test_perfect_hypothesis_scores_zero_and_swapped_labels_do_not_matter():
+    reference = [Segment(0, 2, "a"), Segment(2, 5, "b"), Segment(4, 6, "a")]
+    hypothesis = [Segment(0, 2, "x"), Segment(2, 5, "y"), Segment(4, 6, "x")]
+    scores = score_file(reference, hypothesis)
+    assert scores["der@0.0"] == 0.0 and scores["jer@0.0"] == 0.0
+    half = score_file(reference, [Segment(0, 6, "x")])
+    assert half["der@0.0"] > 0.3
+
+
+# ------------------------------------------------------------------ hints
+@pytest.mark.parametrize("hints, message", [
+    ({"min_speakers": 3, "max_speakers": 2}, r"min_speakers \(3\) is greater than max_speakers \(2\)"),
+    ({"num_speakers": 0}, "num_speakers must be at least 1"),
+    ({"num_speakers": 5, "max_speakers": 3}, "greater than max_speakers"),
+    ({"num_speakers": 1, "min_speakers": 2}, "less than min_speakers"),
+    ({"max_speakers": 2.5}, "must be an integer"),
+])
+def test_inconsistent_hints_raise_value_error(hints, message, diarizer):
+    with pytest.raises(HintError, match=message):
+        validate_hints(**hints)
+    with pytest.raises(ValueError, match=message):  # before any audio work
+        diarizer.diarize(np.zeros(16000, dtype=np.float32), **hints)
+
+
+def test_silence_gives_an_empty_result(diarizer):
+    for wav in (np.zeros(3 * 16000, dtype=np.float32), np.zeros(0, dtype=np.float32),
+                (np.random.default_rng(0).standard_normal(16000) * 1e-4).astype(np.float32)):
+        result = diarizer.diarize(wav)
+        assert result.segments == [] and result.speakers == []
+        assert result.to_rttm("x") == ""
+
+
+def test_empty_clip_from_pyannote_gives_an_empty_result(diarizer):
+    from speechcore.audio import load_audio_file
+    result = diarizer.diarize(load_audio_file(requires_shared_data(
+        "conversations", "pyannote-clips", "empty.flac")))
+    assert result.segments == []
+
+
+# ------------------------------------------------------------------ real pipeline
+def test_pipeline_on_the_pyannote_sample(diarizer):
+    from speechcore.audio import load_audio_file
+    folder = requires_shared_data("conversations", "pyannote-sample")
+    wav = load_audio_file(folder / "sample.wav")
+    result = diarizer.diarize(wav)
+    reference = parse_rttm(folder / "sample.rttm")["sample"]
+    scores = score_file(reference, result.segments, uri="sample")
+    # measured: DER 0.172 at collar 0 (2 speakers found); miss dominates (overlap, VAD)
+    assert result.num_speakers == 2
+    assert scores["der@0.0"] < 0.25, scores
+    assert scores["der@0.25"] < 0.15, scores
+    for line in result.to_rttm("sample").splitlines():
+        assert RTTM_LINE.match(line)
+    assert [s.label for s in result.speakers] == ["unknown-1", "unknown-2"]
+    # oracle count and AHC give a result too
+    assert diarizer.diarize(wav, num_speakers=3).num_speakers == 3
+    ahc = Diarizer(diarizer.embedder, diarizer.artifact, vad=diarizer.vad,
+                   config=DiarizerConfig(method="ahc", features="aligned"))
+    assert ahc.diarize(wav, max_speakers=2).num_speakers <= 2
+
+
+def test_non_ascii_uri_finds_its_reference():
+    items = folder_items(requires_shared_data("conversations", "pyannote-clips"), ["train"])
+    tilde = [item for item in items if item.uri == "trñ00"]
+    assert tilde and tilde[0].reference and tilde[0].uem == [(0.0, 30.0)]
+
+
+# ------------------------------------------------------------------ naming
+class _StubArtifact:
+    """Cosine -> LLR = 10 * (cos - 0.5); threshold 0 on both paths."""
+
+    def transform(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    transform_target = transform
+
+    def score_cross(self, cross):
+        return 10 * (np.asarray(cross) - 0.5)
+
+    def score_fused(self, runtime, cross):
+        return 5 * (np.asarray(runtime) - 0.5) + 5 * (np.asarray(cross) - 0.5)
+
+    def threshold(self, fused=True):
+        return 0.0
+
+
+def test_hungarian_gives_distinct_names_and_leaves_strangers_unknown():
+    eye = np.eye(4)
+    # clusters 0 and 1 both resemble person "a" most; 1 also resembles "b"; 2 matches no one
+    centroids = np.array([eye[0], 0.8 * eye[0] + 0.6 * eye[1], eye[3], 0.6 * eye[0] + 0.8 * eye[1]])
+    gallery = Gallery(["a", "b", "c"], np.stack([eye[0], eye[1], eye[2]]), labels=["Ann", "Bob", "Cy"])
+    names = name_clusters(_StubArtifact(), centroids[:3], gallery)
+    assert [(n.label, n.speaker_id) for n in names] == [("Ann", "a"), ("Bob", "b"), ("unknown-1", None)]
+    assert names[0].score == pytest.approx(5.0) and names[2].score < 0
+    # restricted to candidates: "a" is not allowed any more
+    names = name_clusters(_StubArtifact(), centroids[:3], gallery, candidates=["b"])
+    assert [n.label for n in names] == ["unknown-1", "Bob", "unknown-2"]
+    assert name_clusters(_StubArtifact(), centroids[:2], None)[1].label == "unknown-2"
+
+
+def test_naming_on_a_simulated_conversation(diarizer, runtime_embedder):
+    from enroll_models.campplus import CamPlusPlusEmbedder
+    from diarizer.evaluate import enroll_gallery
+
+    source = requires_shared_data("librispeech", "test-other")
+    conversation = simulate_conversation(source, num_speakers=3, num_turns=7, seed=3,
+                                         overlap_ratio=0.0, vad=diarizer.vad)
+    stranger, *enrolled = conversation.speakers
+    others = sorted(p.name for p in source.iterdir() if p.is_dir() and p.name not in conversation.speakers)
+    gallery = enroll_gallery(conversation, enrolled + others[:1], CamPlusPlusEmbedder(),
+                             runtime_embedder, source, max_utterances=2)
+    result = diarizer.diarize(conversation.wav, gallery=gallery)
+    named = [s.speaker_id for s in result.speakers if s.speaker_id is not None]
+    assert sorted(named) == sorted(enrolled)  # distinct, and the distractor is not used
+    assert [s.label for s in result.speakers if s.speaker_id is None] == ["unknown-1"]
+    assert all(s.score is not None for s in result.segments)
+    assert naming_accuracy(conversation.reference, result.segments, enrolled)["naming_accuracy"] > 0.85
+
+
+# ------------------------------------------------------------------ simulator
+def test_simulator_is_deterministic_and_its_rttm_matches(tmp_path, diarizer):
+    source = requires_shared_data("librispeech", "test-other")
+    kwargs = dict(num_speakers=2, num_turns=4, overlap_ratio=0.5, snr_db=20.0, vad=diarizer.vad)
+    first = simulate_conversation(source, seed=7, **kwargs)
+    second = simulate_conversation(source, seed=7, **kwargs)
+    other = simulate_conversation(source, seed=8, **kwargs)
+    assert np.array_equal(first.wav, second.wav)
+    assert first.to_rttm("c") == second.to_rttm("c") != other.to_rttm("c")
+    assert first.utterances == second.utterances
+    paths = first.write(tmp_path, "c")
+    reference = parse_rttm(paths["rttm"])["c"]
+    assert [(s.label, round(s.start, 3), round(s.end, 3)) for s in reference] == [
+        (s.label, round(s.start, 3), round(s.end, 3)) for s in first.reference]
+    assert {s.label for s in reference} == set(first.speakers)
+    assert max(s.end for s in reference) <= first.duration
+    for speaker in first.speakers:  # enrollment material is disjoint from what was mixed in
+        unused = {p.relative_to(source).as_posix() for p in first.unused_utterances(source, speaker)}
+        assert unused and not unused & set(first.utterances[speaker])
+    import soundfile as sf
+    audio, rate = sf.read(str(paths["audio"]))
+    assert rate == 16000 and len(audio) == len(first.wav)
+
+
+# ------------------------------------------------------------------ overlap (segmentation-3.0)
+def test_overlap_detection_on_the_pyannote_sample(diarizer):
+    from diarizer.overlap import OverlapDetector
+    from speechcore.audio import load_audio_file
+
+    folder = requires_shared_data("conversations", "pyannote-sample")
+    wav = load_audio_file(folder / "sample.wav")
+    reference = parse_rttm(folder / "sample.rttm")["sample"]
+    detector = OverlapDetector()
+    times, speech, overlap = detector.probabilities(wav)
+    assert len(times) == len(speech) == len(overlap) and times[-1] <= 30.0
+    assert np.all((overlap >= 0) & (overlap <= 1))
+    ref_count = sum(((times >= s.start) & (times < s.end)).astype(int) for s in reference)
+    assert np.mean((speech >= 0.5) == (ref_count >= 1)) > 0.95  # measured 0.989
+    hyp = overlap >= 0.5
+    assert (hyp & (ref_count >= 2)).sum() / hyp.sum() > 0.6  # precision, measured 0.81
+    assert detector.overlap_regions(np.zeros(16000 * 12, dtype=np.float32)) == []
+
+    aware = Diarizer(diarizer.embedder, diarizer.artifact, vad=diarizer.vad, overlap_detector=detector)
+    result = aware.diarize(wav)
+    scores = score_file(reference, result.segments, uri="sample")
+    assert scores["der@0.0"] < 0.15, scores  # measured 0.111 (0.172 without overlap detection)
+    assert result.info["overlap_seconds"] > 0.5
+    ends = {}
+    overlapping = False
+    for seg in sorted(result.segments, key=lambda s: s.start):
+        overlapping |= any(seg.start < end for label, end in ends.items() if label != seg.label)
+        ends[seg.label] = max(ends.get(seg.label, 0.0), seg.end)
+    assert overlapping
+
+
+def test_clustering_counts_speakers_and_scales_to_long_recordings():
+    from diarizer.clustering import SpeakerHints, cluster
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((3, 64))
+    x = np.repeat(centres, 700, axis=0) + 0.6 * rng.standard_normal((2100, 64))
+    truth = np.repeat(np.arange(3), 700)
+    for method in ("spectral", "ahc"):
+        labels, info = cluster(x, method, SpeakerHints(), threshold=0.5, pruning=0.7, max_items=600)
+        assert info["count"] == 3 and info["subsampled"] == 600
+        assert np.array_equal(labels, truth)  # numbered by first appearance
+    again, _ = cluster(x, "spectral", SpeakerHints(), threshold=0.5, pruning=0.7, max_items=600)
+    assert np.array_equal(again, labels)
+    labels, info = cluster(x[::7], "spectral", SpeakerHints(max_speakers=2), threshold=0.5, pruning=0.7)
+    assert info["count"] == 2
+    labels, info = cluster(x[::7], "ahc", SpeakerHints(num_speakers=4), threshold=0.5)
+    assert info["count"] == 4

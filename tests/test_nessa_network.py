@@ -1,0 +1,119 @@
+"""Alignment networks (nessa.network / nessa.train_network) on small synthetic data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nessa import calibration as cal
+from nessa import losses
+from nessa.artifact import KINDS, AlignmentArtifact
+from nessa.network import ARCHITECTURES, KIND_OF, TRANSFORMS, build_module
+from nessa.train_network import NetworkConfig, PairSet, fit_network
+from speechcore.embedder import l2_normalise
+
+pytestmark = pytest.mark.models_only
+
+
+def synthetic_pairs(seed: int = 0, n_speakers: int = 12, per_speaker: int = 8, dx: int = 24, dy: int = 16) -> PairSet:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_speakers, dx))
+    labels = np.repeat(np.arange(n_speakers), per_speaker)
+    x = centres[labels] + 0.3 * rng.normal(size=(len(labels), dx))
+    y = np.tanh(x @ rng.normal(size=(dx, dy)) / 3)
+    return PairSet(x=l2_normalise(x).astype(np.float32), y=l2_normalise(y).astype(np.float32), speaker=labels,
+                   speakers=[f"s{i}" for i in range(n_speakers)], speaker_weight=np.ones(n_speakers))
+
+
+SMALL = {"hidden": 32, "shared_dim": 8, "target_hidden": 8, "epochs": 2, "steps_per_epoch": 3,
+         "speakers_per_batch": 6, "chunks_per_speaker": 3}
+
+
+@pytest.mark.parametrize("arch", ["resmlp", "twotower"])
+def test_network_overfits_a_small_batch(arch):
+    pairs = synthetic_pairs(n_speakers=4, per_speaker=4)
+    torch.manual_seed(0)
+    model = build_module(arch, 24, 16, hidden=64, shared_dim=16, target_hidden=16,
+                         init={"x_mean": pairs.x.mean(0), "x_scale": pairs.x.std(0) + 1e-6})
+    x, y = torch.from_numpy(pairs.x), torch.from_numpy(pairs.y)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(400):
+        a = torch.nn.functional.normalize(model.source(x), dim=1)
+        t = torch.nn.functional.normalize(model.target(y), dim=1)
+        loss = losses.cosine_fidelity(a, t)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert float(loss) < 1e-2
+    assert float((a * t).sum(1).min()) > 0.95
+
+
+def test_losses_behave():
+    labels = torch.tensor([0, 0, 1, 1])
+    good = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [1, 0.1], [0, 1], [0.1, 1]]), dim=1)
+    bad = good[[2, 3, 0, 1]]
+    assert losses.supervised_contrastive(good, good, labels, 0.1) < losses.supervised_contrastive(good, bad, labels, 0.1)
+    prototypes = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [0, 1]]), dim=1)
+    assert losses.prototype_classification(good, prototypes, labels, 10, 0.1) < \
+        losses.prototype_classification(bad, prototypes, labels, 10, 0.1)
+
+
+@pytest.mark.parametrize("arch,init", [("resmlp", "ridge"), ("twotower", "cca"), ("mlp", "random"),
+                                       ("linear", "ridge")])
+def test_training_loop_smoke_and_numpy_matches_torch(arch, init, tmp_path):
+    pairs = synthetic_pairs()
+    config = NetworkConfig(arch=arch, init=init, w_global=0.5, w_target_contrastive=0.1 if arch == "twotower" else 0,
+                           input_noise=0.1, l2_init=1.0, **SMALL)
+    log: list = []
+    params = fit_network(pairs, config, seed=0, checkpoint_dir=tmp_path, progress=False, log=log)
+    assert len(log) == config.epochs and np.isfinite(log[-1]["loss"])
+    assert set(params) == set(KINDS[KIND_OF[arch]].param_shapes)
+    module = build_module(arch, 24, 16, **{k: SMALL[k] for k in ("hidden", "shared_dim", "target_hidden")}, init=params)
+    module.eval()
+    with torch.no_grad():
+        expected = module.source(torch.from_numpy(pairs.x)).numpy()
+        expected_t = module.target(torch.from_numpy(pairs.y)).numpy()
+    source_fn, target_fn = TRANSFORMS[KIND_OF[arch]]
+    np.testing.assert_allclose(source_fn(params, pairs.x), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(target_fn(params, pairs.y), expected_t, rtol=1e-4, atol=1e-5)
+
+
+def test_seeded_training_is_reproducible_and_resumes(tmp_path):
+    pairs = synthetic_pairs()
+    config = NetworkConfig(arch="twotower", init="cca", **SMALL)
+    first = fit_network(pairs, config, seed=3, progress=False)
+    second = fit_network(pairs, config, seed=3, progress=False)
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key])
+    other = fit_network(pairs, config, seed=4, progress=False)
+    assert any(not np.array_equal(first[k], other[k]) for k in first)
+    # interrupted after epoch 1 of 2, then resumed: same result as the uninterrupted run
+    fit_network(pairs, NetworkConfig(**{**config.as_dict(), "epochs": 2}), seed=3, checkpoint_dir=tmp_path,
+                progress=False)
+    (run_dir,) = list(tmp_path.iterdir())
+    checkpoint = torch.load(next(run_dir.glob("epoch_*.pt")), weights_only=False)
+    assert checkpoint["epoch"] == 1
+    resumed = fit_network(pairs, config, seed=3, checkpoint_dir=tmp_path, progress=False)
+    for key in first:
+        np.testing.assert_array_equal(first[key], resumed[key])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_network_artifact_round_trip(arch, tmp_path):
+    pairs = synthetic_pairs()
+    init = {"resmlp": "ridge", "linear": "ridge", "twotower": "cca", "mlp": "random"}[arch]
+    params = fit_network(pairs, NetworkConfig(arch=arch, init=init, **SMALL), seed=0, progress=False)
+    calibration = cal.LogisticCalibration(("cross_cosine",), (10.0,), -5.0, thresholds={"far_0.1pct": 3.0})
+    fusion = cal.LogisticCalibration(("runtime_cosine", "cross_cosine"), (8.0, 6.0), -7.0,
+                                     thresholds={"far_0.1pct": 4.0})
+    artifact = AlignmentArtifact(name=f"net-{arch}", kind=KIND_OF[arch], source_version="fake-24", source_dim=24,
+                                 source_weights_sha256="a" * 64, target_version="fake-16", target_dim=16,
+                                 target_weights_sha256="b" * 64, params=params, calibration=calibration.to_dict(),
+                                 fusion=fusion.to_dict(), command="test")
+    loaded = AlignmentArtifact.load(artifact.save(tmp_path))
+    assert loaded.sha256 == artifact.sha256
+    np.testing.assert_array_equal(loaded.transform(pairs.x), artifact.transform(pairs.x))
+    np.testing.assert_array_equal(loaded.cross_cosine(pairs.x, pairs.y), artifact.cross_cosine(pairs.x, pairs.y))
+    cross = loaded.cross_cosine(pairs.x[:3], pairs.y[:5])
+    assert cross.shape == (3, 5) and np.all(np.abs(cross) <= 1 + 1e-5)
+    np.testing.assert_array_equal(loaded.score_fused(cross, cross), artifact.score_fused(cross, cross))
