@@ -8,13 +8,14 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-PACKAGES = ("app", "nessa", "enroll_models", "runtime_models", "speechcore")
+PACKAGES = ("app", "nessa", "enroll_models", "runtime_models", "speechcore", "diarizer")
 # package -> our packages it must never import
 FORBIDDEN = {
     "speechcore": {"app", "nessa", "enroll_models", "runtime_models"},
     "nessa": {"app", "enroll_models", "runtime_models"},
     "enroll_models": {"app", "nessa", "runtime_models"},
     "runtime_models": {"app", "nessa", "enroll_models"},
+    "diarizer": {"app", "enroll_models", "runtime_models"},
 }
 
 
