@@ -48,19 +48,34 @@ def _authenticate(header: str | None):
         return row.id, set(row.scopes.split(","))
 
 
+def check_scope(scope: str) -> None:
+    """401 without a valid key, 403 when the key lacks `scope` (`admin` implies all)."""
+    assert scope in SCOPES
+    key_id, scopes = _authenticate(request.headers.get("Authorization"))
+    if scope not in scopes and "admin" not in scopes:
+        raise ApiError(403, "forbidden", f"This API key lacks the '{scope}' scope.",
+                       {"required": scope, "granted": sorted(scopes)})
+    g.api_key_id = key_id
+
+
+def require_any_key(view):
+    """Route decorator for views that check a scope themselves (it depends on the row)."""
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        _authenticate(request.headers.get("Authorization"))
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
 def require_scope(scope: str):
-    """Route decorator: 401 without a valid key, 403 when the key lacks `scope`.
-    `admin` implies every scope."""
+    """Route decorator: 401 without a valid key, 403 when the key lacks `scope`."""
     assert scope in SCOPES
 
     def decorator(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            key_id, scopes = _authenticate(request.headers.get("Authorization"))
-            if scope not in scopes and "admin" not in scopes:
-                raise ApiError(403, "forbidden", f"This API key lacks the '{scope}' scope.",
-                               {"required": scope, "granted": sorted(scopes)})
-            g.api_key_id = key_id
+            check_scope(scope)
             return view(*args, **kwargs)
 
         wrapper.required_scope = scope

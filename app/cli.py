@@ -185,6 +185,46 @@ def cmd_align(args, settings: Settings) -> int:
     return 0
 
 
+# -- diarize ----------------------------------------------------------------------
+def cmd_diarize(args, settings: Settings) -> int:
+    import json
+    import pathlib
+
+    from app.errors import ApiError
+    from app.services import diarization
+
+    path = pathlib.Path(args.file)
+    if not path.is_file():
+        return _fail(f"no such audio file: {path}")
+    services = _services(settings)
+    try:
+        status, body = 200, diarization.diarize_wav(
+            services, _decode_file(path, settings), num_speakers=args.num_speakers,
+            min_speakers=args.min_speakers, max_speakers=args.max_speakers,
+            name_against_gallery=args.name_against_gallery)
+    except ApiError as exc:
+        return _fail(f"{exc.message} {exc.detail}")
+    uri = "_".join(path.stem.split()) or "audio"
+    if args.rttm:
+        pathlib.Path(args.rttm).write_text(diarization.rttm_text(body, uri))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(body, indent=2))
+    for seg in body["segments"]:
+        who = seg["speaker"]["name"] if seg.get("speaker") else seg["label"]
+        print(f"{seg['start']:8.2f} {seg['end']:8.2f}  {who}")
+    return 0
+
+
+def _decode_file(path, settings: Settings):
+    from app.errors import ApiError
+    from speechcore.audio import AudioError, decode_audio
+
+    try:
+        return decode_audio(path.read_bytes(), max_seconds=settings.max_audio_seconds).wav
+    except AudioError as exc:
+        raise ApiError(exc.http_status, exc.code, exc.message, exc.detail) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nessa", description="Asymmetric speaker enrollment and verification.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("prefix")
     keys.set_defaults(func=cmd_keys)
 
+    diar = sub.add_parser("diarize", help="who spoke when in an audio file")
+    diar.add_argument("file")
+    diar.add_argument("--rttm", help="write RTTM here")
+    diar.add_argument("--json", help="write the JSON result here")
+    diar.add_argument("--name-against-gallery", action="store_true",
+                      help="name clusters against the enrolled profiles (unknown-N otherwise)")
+    diar.add_argument("--num-speakers", type=int)
+    diar.add_argument("--min-speakers", type=int)
+    diar.add_argument("--max-speakers", type=int)
+    diar.set_defaults(func=cmd_diarize)
+
     align = sub.add_parser("align", help="alignment between the runtime and enrollment spaces")
     asub = align.add_subparsers(dest="align_command", required=True)
     train = asub.add_parser("train", help="train an alignment on paired embeddings of real speech")
@@ -247,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("faiss.loader", "alembic.runtime.plugins", "speechbrain.utils.quirks"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return args.func(args, settings)
 
 

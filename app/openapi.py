@@ -133,6 +133,19 @@ def openapi_document() -> dict:
                          "requestBody": _audio_form({"speaker_id": {"type": "integer"}}, ("audio", "speaker_id")),
                          "responses": _responses({"200": _json("#/components/schemas/Verification")},
                                                  "400", "401", "403", "404", "413", "422")}},
+            "/v1/diarize": {
+                "post": {"summary": "Who spoke when, with speakers named against the gallery (unknown-N otherwise)",
+                         "security": secured,
+                         "parameters": [{"name": "format", "in": "query",
+                                         "schema": {"type": "string", "enum": ["json", "rttm"]}}],
+                         "requestBody": _audio_form({
+                             "candidates": {"type": "array", "items": {"type": "integer"}},
+                             "num_speakers": {"type": "integer"}, "min_speakers": {"type": "integer"},
+                             "max_speakers": {"type": "integer"}}),
+                         "responses": _responses({
+                             "200": {"description": "segments [{start, end, label, speaker, score}] and speakers"},
+                             "202": {"description": "long recording: a job; the same result at /v1/jobs/{id}"}},
+                             "400", "401", "403", "404", "413", "422")}},
             "/v1/keys": {
                 "post": {"summary": "Create an API key (admin)", "security": secured,
                          "requestBody": {"required": True, "content": {"application/json": {"schema": {

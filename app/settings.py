@@ -30,6 +30,10 @@ class Settings:
     min_enroll_speech_seconds: float = 3.0
     min_runtime_speech_seconds: float = 0.5
     retain_enrollment_audio: bool = True
+    #: recordings longer than this are diarized by a background job (202) instead of inline
+    diarize_inline_max_seconds: float = 120.0
+    #: detect overlapped speech (pyannote segmentation-3.0) and label a second speaker there
+    diarize_overlap_detection: bool = True
     #: run a job worker thread inside the web process (the `make run` default)
     in_process_worker: bool = False
     job_lease_seconds: float = 30.0

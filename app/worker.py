@@ -7,7 +7,7 @@ import os
 import socket
 
 from app import jobs
-from app.services import enrollment
+from app.services import diarization, enrollment
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ def _enrollment_handler(services):
 
 
 def build_worker(services, *, worker_id: str | None = None) -> jobs.Worker:
-    handlers = {enrollment.ENROLL_JOB: _enrollment_handler(services)}
+    handlers = {enrollment.ENROLL_JOB: _enrollment_handler(services),
+                diarization.DIARIZE_JOB: lambda ctx: diarization.process_diarize_job(services, ctx)}
     return jobs.Worker(services.session_factory, handlers,
                        worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}",
                        lease_seconds=services.settings.job_lease_seconds,

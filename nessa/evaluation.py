@@ -227,12 +227,14 @@ class AudioEmbeddingProvider:
         return babble
 
     # ------------------------------------------------------------------ cache
-    def _key(self, cache: EmbeddingCache, speaker: str, path: str, tag: dict) -> str:
+    def _key(self, cache: EmbeddingCache, speaker: str, path: str, segment: dict, audio: dict) -> str:
+        """One cache entry per (model, file, segment, audio treatment): the full speech is
+        shared by every seed and crop list; a crop is keyed by its length and the seed."""
         stat = os.stat(path)
         model = cache.embedder
-        identity = {"evaluation": 1, "path": str(pathlib.Path(path).resolve()), "size": stat.st_size,
-                    "mtime_ns": stat.st_mtime_ns, "speaker": speaker, "crops": list(self.crops), "seed": self.seed,
-                    "audio": tag, "sample_rate": model.sample_rate, "version": model.version,
+        identity = {"evaluation_segment": 1, "path": str(pathlib.Path(path).resolve()), "size": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns, "speaker": speaker, "segment": segment, "audio": audio,
+                    "sample_rate": model.sample_rate, "version": model.version,
                     "weights_sha256": model.weights_sha256}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
 
@@ -242,24 +244,35 @@ class AudioEmbeddingProvider:
 
         models = (self.enroll, self.runtime)
         caches = [EmbeddingCache(self.cache_dir, model) for model in models]
-        tag = {"vad": "silero_speech_only", "noise": None if noise is None else
-               {"kind": noise.kind, "snr_db": noise.snr_db, "corpus": corpus_sha if noise.kind == "babble" else ""}}
-        out = [np.zeros((len(utterances), 1 + len(self.crops), model.dim), dtype=np.float32) for model in models]
+        audio = {"vad": "silero_speech_only", "noise": None if noise is None else
+                 {"kind": noise.kind, "snr_db": noise.snr_db, "seed": self.seed,
+                  "corpus": corpus_sha if noise.kind == "babble" else ""}}
+        segments = [{"crop": None}] + [{"crop": seconds, "seed": self.seed} for seconds in self.crops]
+        out = [np.zeros((len(utterances), len(segments), model.dim), dtype=np.float32) for model in models]
         label = "embedding test set" + ("" if noise is None else f" ({noise.tag})")
         for index, (speaker, path) in enumerate(tqdm(utterances, desc=label, unit="file", disable=not self.progress)):
-            keys = [self._key(cache, speaker, path, tag) for cache in caches]
-            for m, (model, cache, key) in enumerate(zip(models, caches, keys)):
-                entry = cache.load(key)
-                if entry is not None and entry[2].shape == out[m].shape[1:]:
-                    out[m][index] = entry[2]
+            speech = None
+            for m, (model, cache) in enumerate(zip(models, caches)):
+                keys = [self._key(cache, speaker, path, segment, audio) for segment in segments]
+                missing = []
+                for column, key in enumerate(keys):
+                    entry = cache.load(key)
+                    if entry is not None and entry[2].shape == (1, model.dim):
+                        out[m][index, column] = entry[2][0]
+                    else:
+                        missing.append(column)
+                if not missing:
                     continue
-                speech = self._speech_only(path)
-                bounds = crop_bounds(len(speech), model.sample_rate, self.crops, self.seed, speaker, path)
-                if noise is not None:
-                    speech = add_noise(speech, self._noise_for(index, utterances, noise, len(speech)), noise.snr_db)
-                vectors = embed_segments(model, speech, bounds, self.batch_size)
-                cache.store(key, len(speech), bounds, vectors)
-                out[m][index] = vectors
+                if speech is None:
+                    speech = self._speech_only(path)
+                    bounds = crop_bounds(len(speech), model.sample_rate, self.crops, self.seed, speaker, path)
+                    if noise is not None:
+                        speech = add_noise(speech, self._noise_for(index, utterances, noise, len(speech)),
+                                           noise.snr_db)
+                vectors = embed_segments(model, speech, bounds[missing], self.batch_size)
+                for row, column in enumerate(missing):
+                    cache.store(keys[column], len(speech), bounds[column:column + 1], vectors[row:row + 1])
+                    out[m][index, column] = vectors[row]
         return out
 
     def evaluation_set(self, conditions: Sequence[Condition]) -> EvalEmbeddings:

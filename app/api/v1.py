@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import jobs, models
-from app.auth import require_scope
+from app.auth import check_scope, require_any_key, require_scope
 from app.errors import ApiError, bad_request
 from app.openapi import openapi_document
 from app.services import recognition, speakers as speaker_service
@@ -185,12 +185,17 @@ def _job_to_dict(job: models.Job) -> dict:
             "started_at": iso(job.started_at), "finished_at": iso(job.finished_at)}
 
 
+# Reading a job needs the scope that created it.
+JOB_SCOPES = {"enroll": "enroll", "diarize": "identify"}
+
+
 @bp.get("/v1/jobs/<int:job_id>")
-@require_scope("enroll")
+@require_any_key
 def get_job(job_id: int):
     services = _services()
     with services.session() as session:
         job = jobs.get_job(session, job_id)
+        check_scope(JOB_SCOPES.get(job.kind, "admin") if job is not None else "enroll")
         if job is None:
             raise ApiError(404, "job_not_found", f"No job with id {job_id}.", {"id": job_id})
         return jsonify(_job_to_dict(job))
@@ -233,6 +238,26 @@ def _observe_embedding(result: dict, _started) -> None:
     if embed_ms is not None:
         metrics = current_app.extensions["nessa_metrics"]
         metrics.embedding.labels(result["models"]["runtime_model"]).observe(embed_ms / 1e3)
+
+
+@bp.post("/v1/diarize")
+@require_scope("identify")
+def diarize():
+    from app.services import diarization
+
+    _form_fields({"candidates", "num_speakers", "min_speakers", "max_speakers"}, {"audio"}, {"audio"})
+    options = {"candidates": _candidate_ids()}
+    for name in ("num_speakers", "min_speakers", "max_speakers"):
+        if name in request.form:
+            options[name] = _int_field(name, request.form[name], maximum=100)
+    response_format = request.args.get("format", "json")
+    if response_format not in ("json", "rttm"):
+        raise bad_request("invalid_field", "'format' must be json or rttm.", field="format", value=response_format)
+    status, body = diarization.submit_or_run(_services(), _audio_bytes(), **options)
+    if status == 200 and response_format == "rttm":
+        return Response(diarization.rttm_text(body), mimetype="text/plain")
+    headers = {"Location": f"/v1/jobs/{body['job']['id']}"} if status == 202 else {}
+    return jsonify(body), status, headers
 
 
 # -- admin -------------------------------------------------------------------------

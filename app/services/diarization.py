@@ -1,0 +1,139 @@
+"""Diarization with naming: who spoke when, with clusters named against the gallery.
+
+Short recordings are answered inline; longer ones become a `diarize` job whose result
+(the same JSON) is read from `GET /v1/jobs/{id}`.
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+import threading
+import uuid
+
+import numpy as np
+import soundfile as sf
+import sqlalchemy as sa
+
+from app import jobs, models
+from app.db import FloatVector
+from app.errors import ApiError, bad_request
+from app.services.audio_input import SAMPLE_RATE
+from speechcore.audio import AudioError, decode_audio
+
+DIARIZE_JOB = "diarize"
+_overlap_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _overlap_detector():
+    from diarizer.overlap import OverlapDetector
+
+    return OverlapDetector()
+
+
+def load_gallery(services, *, enroll_space: str, runtime_space: str, candidates=None):
+    """Profiles as arrays for naming; None when nothing is enrolled."""
+    from diarizer import Gallery
+
+    with services.session() as session:
+        query = (sa.select(models.Profile.speaker_id, models.Profile.dim, models.Profile.vector, models.Speaker.name)
+                 .join(models.Speaker, models.Speaker.id == models.Profile.speaker_id)
+                 .where(models.Profile.space == enroll_space))
+        if candidates:
+            query = query.where(models.Profile.speaker_id.in_(list(candidates)))
+        rows = session.execute(query.order_by(models.Profile.speaker_id)).all()
+        if not rows:
+            return None, {}
+        ids = [r.speaker_id for r in rows]
+        runtime = dict(session.execute(
+            sa.select(models.Profile.speaker_id, models.Profile.vector)
+            .where(models.Profile.space == runtime_space, models.Profile.speaker_id.in_(ids))).all())
+        runtime_dim = session.scalar(sa.select(models.Profile.dim).where(models.Profile.space == runtime_space).limit(1))
+    enroll_vectors = np.stack([FloatVector.from_bytes(r.vector, r.dim) for r in rows])
+    runtime_vectors = None
+    if runtime_dim:
+        runtime_vectors = np.full((len(ids), runtime_dim), np.nan, dtype=np.float32)
+        for i, speaker_id in enumerate(ids):
+            if speaker_id in runtime:
+                runtime_vectors[i] = FloatVector.from_bytes(runtime[speaker_id], runtime_dim)
+    names = {r.speaker_id: r.name for r in rows}
+    return Gallery(ids, enroll_vectors, runtime_vectors, labels=[str(i) for i in ids]), names
+
+
+def diarize_wav(services, wav: np.ndarray, *, candidates=None, num_speakers=None, min_speakers=None,
+                max_speakers=None, name_against_gallery: bool = True) -> dict:
+    from diarizer import Diarizer, HintError
+
+    artifact = services.alignment.current()
+    gallery, names = (load_gallery(services, enroll_space=artifact.target_version,
+                                   runtime_space=artifact.source_version, candidates=candidates)
+                      if name_against_gallery else (None, {}))
+    overlap = _overlap_detector() if services.settings.diarize_overlap_detection else None
+    diarizer = Diarizer(services.runtime_embedder, artifact, overlap_detector=overlap)
+    try:
+        with _overlap_lock:  # the VAD/segmentation models keep streaming state
+            result = diarizer.diarize(wav, gallery=gallery, num_speakers=num_speakers,
+                                      min_speakers=min_speakers, max_speakers=max_speakers)
+    except HintError as exc:
+        raise bad_request("invalid_speaker_hints", str(exc), num_speakers=num_speakers,
+                          min_speakers=min_speakers, max_speakers=max_speakers) from exc
+    body = result.to_dict()
+    for segment in body["segments"]:
+        speaker_id = segment.pop("speaker_id", None)
+        segment["speaker"] = {"id": int(speaker_id), "name": names.get(int(speaker_id))} if speaker_id is not None else None
+    for speaker in body.get("speakers", []):
+        speaker_id = speaker.pop("speaker_id", None)
+        speaker["speaker"] = {"id": int(speaker_id), "name": names.get(int(speaker_id))} if speaker_id is not None else None
+    body["models"] = {"runtime_model": artifact.source_version, "enrollment_space": artifact.target_version,
+                      "alignment": artifact.name}
+    return body
+
+
+def rttm_text(body: dict, uri: str = "audio") -> str:
+    lines = []
+    for seg in body["segments"]:
+        label = seg["speaker"]["name"] if seg.get("speaker") and seg["speaker"].get("name") else seg["label"]
+        label = "_".join(str(label).split()) or seg["label"]
+        lines.append(f"SPEAKER {uri} 1 {seg['start']:.3f} {seg['end'] - seg['start']:.3f} <NA> <NA> {label} <NA> <NA>")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def submit_or_run(services, data: bytes, **options) -> tuple[int, dict]:
+    """Decode and validate; run inline (200) or queue a job (202) for long recordings."""
+    if not data:
+        raise ApiError(400, "empty_audio", "The uploaded audio file is empty.", {"bytes": 0})
+    if len(data) > services.settings.max_upload_bytes:
+        raise ApiError(413, "upload_too_large", "The uploaded file is larger than the limit.",
+                       {"bytes": len(data), "max_bytes": services.settings.max_upload_bytes})
+    try:
+        decoded = decode_audio(data, max_seconds=services.settings.max_audio_seconds)
+    except AudioError as exc:
+        raise ApiError(exc.http_status, exc.code, exc.message, exc.detail) from exc
+    from diarizer import HintError, validate_hints
+
+    try:
+        validate_hints(options.get("num_speakers"), options.get("min_speakers"), options.get("max_speakers"))
+    except HintError as exc:
+        raise bad_request("invalid_speaker_hints", str(exc)) from exc
+    if decoded.duration_s <= services.settings.diarize_inline_max_seconds:
+        return 200, diarize_wav(services, decoded.wav, **options)
+    folder = services.settings.data_dir / "diarize"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.flac"
+    sf.write(path, decoded.wav, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    with services.session() as session:
+        job = jobs.enqueue(session, DIARIZE_JOB, {"audio_path": str(path), "options": options},
+                           max_attempts=services.settings.job_max_attempts)
+        session.commit()
+        return 202, {"job": {"id": job.id, "kind": job.kind, "status": job.status},
+                     "duration_s": round(decoded.duration_s, 3)}
+
+
+def process_diarize_job(services, ctx) -> dict:
+    path = pathlib.Path(ctx.payload["audio_path"])
+    if not path.exists():
+        raise jobs.PermanentJobError(f"stored audio {path.name} is missing")
+    wav, _ = sf.read(path, dtype="float32")
+    result = diarize_wav(services, wav, **ctx.payload.get("options", {}))
+    path.unlink(missing_ok=True)
+    return result

@@ -1,0 +1,43 @@
+"""Run the evaluation harness (nessa/evaluation.py) with the configured models.
+
+The same flags as `nessa eval` (nessa.evaluation.add_arguments), plus the model versions
+and an optional scoring micro-benchmark. Example (the table in docs/evaluation.md):
+
+    .venv/bin/python scripts/run_evaluation.py --json var/eval/default.json --det var/eval/default-det.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from app.model_registry import load_embedder  # noqa: E402
+from nessa import evaluation  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    evaluation.add_arguments(parser)
+    parser.add_argument("--enroll-model", default="campplus-192")
+    parser.add_argument("--runtime-model", default="ge2e-256")
+    parser.add_argument("--benchmark", action="store_true",
+                        help="also time scoring one test embedding against 10 candidates, per artifact")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    enroll, runtime = load_embedder(args.enroll_model), load_embedder(args.runtime_model)
+    result = evaluation.main_args(args, enroll, runtime)
+    if args.benchmark:
+        from nessa.artifact import AlignmentArtifact
+
+        for path in args.artifact or evaluation.discover_artifacts():
+            print(json.dumps(evaluation.benchmark_scoring(AlignmentArtifact.load(path))))
+    print(f"total {time.monotonic() - started:.0f} s; info: {json.dumps(result.info)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
