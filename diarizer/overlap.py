@@ -36,6 +36,8 @@ SAMPLE_RATE = 16000
 CHUNK_S = 10.0
 #: powerset classes of (3 speakers, at most 2 per frame): {}, {0}, {1}, {2}, {0,1}, {0,2}, {1,2}
 OVERLAP_CLASSES = (4, 5, 6)
+#: the classes in which local speaker 0, 1, 2 is active
+_SPEAKER_CLASSES = ((1, 4, 5), (2, 4, 6), (3, 5, 6))
 _LOCK = threading.Lock()
 
 
@@ -177,6 +179,17 @@ def _load_model() -> PyanNet:
     return model.eval()
 
 
+def _merge_close(times: list[float], gap: float) -> list[float]:
+    """Times closer than ``gap`` to the previous kept group collapse to the group's mean."""
+    groups: list[list[float]] = []
+    for t in times:
+        if groups and t - groups[-1][-1] < gap:
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    return [float(np.mean(g)) for g in groups]
+
+
 class OverlapDetector:
     """Frame-level overlapped-speech probabilities from pyannote segmentation-3.0."""
 
@@ -185,11 +198,19 @@ class OverlapDetector:
         self.batch_size = batch_size
         self.model = _load_model()
 
-    def probabilities(self, wav: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def probabilities(self, wav: np.ndarray, step_s: float | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(frame centre times in s, speech probability, overlap probability) of a 16 kHz waveform."""
+        out = self.analyse(wav, step_s)
+        return out["times"], out["speech"], out["overlap"]
+
+    def analyse(self, wav: np.ndarray, step_s: float | None = None, min_active_s: float = 1.0) -> dict:
+        """``probabilities`` plus ``chunk_speakers``: for each 10-s chunk, how many of its
+        (up to 3) local speakers are the most likely class for at least ``min_active_s``
+        (a lower bound on the number of speakers in the recording)."""
         wav = np.ascontiguousarray(wav, dtype=np.float32)
         window = int(CHUNK_S * SAMPLE_RATE)
-        step = int(self.step_s * SAMPLE_RATE)
+        step = int((step_s or self.step_s) * SAMPLE_RATE)
         padded = wav if len(wav) >= window else np.pad(wav, (0, window - len(wav)))
         starts = list(range(0, len(padded) - window + 1, step))
         if starts[-1] + window < len(padded):
@@ -198,12 +219,22 @@ class OverlapDetector:
         speech = np.zeros(n_frames)
         overlap = np.zeros(n_frames)
         count = np.zeros(n_frames)
+        chunk_speakers, changes = [], []
+        min_frames = int(round(min_active_s * SAMPLE_RATE / FRAME_STEP_SAMPLES))
         for i in range(0, len(starts), self.batch_size):  # batch by batch: bounded memory
             batch_starts = starts[i:i + self.batch_size]
             chunks = torch.from_numpy(np.stack([padded[s:s + window] for s in batch_starts]))[:, None, :]
             with _LOCK, torch.inference_mode():
                 outputs = self.model(chunks).exp().numpy()
             for start, probs in zip(batch_starts, outputs):
+                hard = probs.argmax(axis=1)
+                # local speaker changes: the likeliest class moves between two speaking classes
+                moves = np.flatnonzero((hard[1:] != hard[:-1]) & (hard[1:] > 0) & (hard[:-1] > 0)) + 1
+                changes.extend(((start + m * FRAME_STEP_SAMPLES + FRAME_SAMPLES / 2) / SAMPLE_RATE
+                                for m in moves if 0.5 * SAMPLE_RATE < m * FRAME_STEP_SAMPLES < window - 0.5 * SAMPLE_RATE
+                                or start == 0 or start + window >= len(padded)))
+                active = [int(np.isin(hard, classes).sum()) for classes in _SPEAKER_CLASSES]
+                chunk_speakers.append(sum(a >= min_frames for a in active))
                 first = int(round(start / FRAME_STEP_SAMPLES))
                 last = min(n_frames, first + probs.shape[0])
                 speech[first:last] += 1.0 - probs[:last - first, 0]
@@ -212,7 +243,9 @@ class OverlapDetector:
         count = np.maximum(count, 1)
         times = (np.arange(n_frames) * FRAME_STEP_SAMPLES + FRAME_SAMPLES / 2) / SAMPLE_RATE
         keep = times <= len(wav) / SAMPLE_RATE
-        return times[keep], (speech / count)[keep], (overlap / count)[keep]
+        return {"times": times[keep], "speech": (speech / count)[keep],
+                "overlap": (overlap / count)[keep], "chunk_speakers": chunk_speakers,
+                "changes": _merge_close(sorted(t for t in changes if t < len(wav) / SAMPLE_RATE), 0.25)}
 
     def overlap_regions(self, wav: np.ndarray, threshold: float = 0.5, min_duration_s: float = 0.1
                         ) -> list[tuple[float, float]]:

@@ -57,6 +57,20 @@ class DiarizerConfig:
     speech_source: str = "silero"
     #: overlap probability above which a speech frame gets a second (next-best) speaker
     overlap_threshold: float = 0.5
+    #: speech probability threshold on the segmentation model's output
+    seg_speech_threshold: float = 0.5
+    #: hop of the segmentation model's 10-s chunks (None: the detector's own step)
+    segmentation_step_s: float | None = None
+    #: windows whose mean overlap probability is above this are left out of the clustering
+    #: (they still get a cluster: the nearest centroid); None keeps them all
+    cluster_overlap_max: float | None = None
+    #: lower bound on the speaker count from the segmentation model: the most local
+    #: speakers (each the likeliest class for >= local_speaker_min_s) in any 10-s chunk
+    count_floor_from_segmentation: bool = False
+    local_speaker_min_s: float = 1.0
+    #: cut the embedding windows at the segmentation model's local speaker changes and
+    #: keep them out of overlapped speech (the speech mask itself is not changed)
+    split_at_changes: bool = False
 
     def validate(self) -> None:
         if self.features not in FEATURES:
@@ -150,13 +164,18 @@ class Diarizer:
             from speechcore.audio import resample
             wav = resample(wav, sample_rate, SAMPLE_RATE)
         duration = len(wav) / SAMPLE_RATE
-        speech = [(s, min(e, duration)) for s, e in self.vad.segments(wav)] if len(wav) else []
+        use_segmentation = self.overlap_detector is not None and config.speech_source != "silero"
+        speech = []
+        if len(wav) and not (use_segmentation and config.speech_source == "segmentation"):
+            # Silero only where its speech is used (the segmentation model's is enough alone)
+            speech = [(s, min(e, duration)) for s, e in self.vad.segments(wav)]
         overlap = None
-        if self.overlap_detector is not None and len(wav) and (speech or config.speech_source != "silero"):
+        chunk_speakers, changes = None, None
+        if self.overlap_detector is not None and len(wav) and (speech or use_segmentation):
             t_overlap = time.perf_counter()
-            overlap, seg_speech = self._segmentation_frames(wav, duration)
+            overlap, seg_speech, chunk_speakers, changes = self._segmentation_frames(wav, duration)
             timings["overlap_s"] = time.perf_counter() - t_overlap
-            if config.speech_source != "silero":
+            if use_segmentation:
                 silero = _mask(speech, len(seg_speech), config.frame_s)
                 mask = seg_speech if config.speech_source == "segmentation" else (seg_speech | silero)
                 speech = [(a * config.frame_s, b * config.frame_s)
@@ -166,7 +185,11 @@ class Diarizer:
                 "speech_seconds": round(sum(e - s for s, e in speech), 3)}
         if self.artifact is not None:
             info["artifact"] = self.artifact.name
-        windows = sliding_windows(speech, config.window_s, config.hop_s, config.min_window_s)
+        window_speech = speech
+        if config.split_at_changes and overlap is not None:
+            window_speech = _split_speech(speech, changes or [], overlap >= config.overlap_threshold,
+                                          config.frame_s)
+        windows = sliding_windows(window_speech, config.window_s, config.hop_s, config.min_window_s)
         if not windows and speech:
             # only very short speech: one window per segment, however short
             windows = list(speech)
@@ -185,10 +208,34 @@ class Diarizer:
         threshold = config.ahc_threshold
         if threshold is None:
             threshold = DEFAULT_AHC_THRESHOLDS[config.features]
-        labels, cluster_info = cluster(feats, config.method, hints, threshold=threshold,
+        clean = np.ones(len(windows), dtype=bool)
+        if overlap is not None and config.cluster_overlap_max is not None:
+            frame = config.frame_s
+            clean = np.array([overlap[int(round(s / frame)):max(int(round(s / frame)) + 1,
+                                                               int(round(e / frame)))].mean()
+                              <= config.cluster_overlap_max for s, e in windows])
+            if clean.sum() < max(2, 0.5 * len(windows)):
+                clean[:] = True
+        floor = None
+        if config.count_floor_from_segmentation and chunk_speakers and hints.num_speakers is None:
+            floor = max(chunk_speakers)
+            if hints.max_speakers is not None:
+                floor = min(floor, hints.max_speakers)
+            if floor > (hints.min_speakers or 1):
+                hints = dataclasses.replace(hints, min_speakers=floor)
+        labels, cluster_info = cluster(feats[clean], config.method, hints, threshold=threshold,
                                        max_speakers_default=config.max_speakers,
                                        pruning=config.pruning, seed=config.seed)
+        if not clean.all():
+            k = int(labels.max()) + 1
+            centroids = l2_normalise(np.stack([feats[clean][labels == c].mean(axis=0) for c in range(k)]))
+            full = np.argmax(feats @ centroids.T, axis=1)
+            full[clean] = labels
+            labels = full
+            cluster_info["clustered_windows"] = int(clean.sum())
         info["clustering"] = cluster_info
+        if floor is not None:
+            cluster_info["segmentation_floor"] = floor
         timings["cluster_s"] = time.perf_counter() - t2
 
         t3 = time.perf_counter()
@@ -224,14 +271,23 @@ class Diarizer:
         timings.update({k: round(v, 4) for k, v in timings.items()})
         return DiarizationResult(out_segments, speakers, duration, info)
 
-    def _segmentation_frames(self, wav, duration) -> tuple[np.ndarray, np.ndarray]:
-        """Overlap probability and speech mask from the segmentation model, on our frame grid."""
+    def _segmentation_frames(self, wav, duration) -> tuple:
+        """Overlap probability and speech mask from the segmentation model, on our frame grid,
+        and the number of local speakers in each of its chunks (None if not available)."""
         frame = self.config.frame_s
         n_frames = int(np.ceil(duration / frame))
         centres = (np.arange(n_frames) + 0.5) * frame
-        times, speech_prob, overlap_prob = self.overlap_detector.probabilities(wav)
+        if hasattr(self.overlap_detector, "analyse"):
+            out = self.overlap_detector.analyse(wav, step_s=self.config.segmentation_step_s,
+                                                min_active_s=self.config.local_speaker_min_s)
+            times, speech_prob, overlap_prob = out["times"], out["speech"], out["overlap"]
+            chunk_speakers = out["chunk_speakers"]
+        else:
+            chunk_speakers, changes = None, None
+            times, speech_prob, overlap_prob = self.overlap_detector.probabilities(
+                wav, step_s=self.config.segmentation_step_s)
         return (np.interp(centres, times, overlap_prob),
-                np.interp(centres, times, speech_prob) >= 0.5)
+                np.interp(centres, times, speech_prob) >= self.config.seg_speech_threshold, chunk_speakers, changes)
 
     def resegment(self, feats: np.ndarray, labels: np.ndarray, windows, speech, duration,
                   overlap: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -282,6 +338,15 @@ class Diarizer:
                                          if c >= 0 and b - a >= min_frames], n_frames, frame),
                                   second, -1)
         return frame_labels, second
+
+
+def _split_speech(speech, changes, overlapped: np.ndarray, frame_s: float):
+    """Speech segments cut at change times, with overlapped frames removed."""
+    mask = _mask(speech, len(overlapped), frame_s) & ~overlapped
+    for t in changes:
+        i = int(round(t / frame_s))
+        mask[max(0, i - 1):i + 1] = False
+    return [(a * frame_s, b * frame_s) for a, b, on in _runs(mask.astype(int)) if on]
 
 
 def _mask(spans, n_frames: int, frame_s: float) -> np.ndarray:

@@ -27,3 +27,10 @@ def train_from_folder(source: Embedder, target: Embedder, train_dirs: Sequence[s
     return train_alignment(source, target, utterances, out_dir=out_dir, name=name, config=config, seed=seed,
                            cache_dir=cache_dir, progress=progress, command=command,
                            data_sources=[str(directory) for directory in train_dirs])
+
+
+def train_network_from_folders(*args, **kwargs):
+    """`nessa align train --arch ...`: see ``nessa.train_network.train_network_from_folders``."""
+    from nessa.train_network import train_network_from_folders as train
+
+    return train(*args, **kwargs)

@@ -81,9 +81,10 @@ def activate_artifact(session, name: str) -> models.AlignmentArtifact:
     return row
 
 
-def register_discovered(session, roots, *, source_version: str, target_version: str) -> None:
-    """Register every artifact found under `roots`; activate the newest matching one if
-    nothing is active yet for the configured model pair."""
+def register_discovered(session, roots, *, source_version: str, target_version: str,
+                        default_name: str | None = None) -> None:
+    """Register every artifact found under `roots`; if nothing is active yet for the
+    configured model pair, activate `default_name` (or else the newest matching one)."""
     for directory in discover_artifact_dirs(*roots):
         try:
             register_artifact(session, directory)
@@ -91,6 +92,12 @@ def register_discovered(session, roots, *, source_version: str, target_version: 
             log.warning("skipping alignment artifact %s: %s", directory, exc)
     active = session.scalar(sa.select(models.AlignmentArtifact).filter_by(
         source_version=source_version, target_version=target_version, state="active"))
+    if active is None and default_name:
+        default = session.scalar(sa.select(models.AlignmentArtifact).filter_by(
+            name=default_name, source_version=source_version, target_version=target_version))
+        if default is not None:
+            activate_artifact(session, default.name)
+            return
     if active is None:
         newest = session.scalar(
             sa.select(models.AlignmentArtifact)

@@ -37,7 +37,8 @@ class Services:
         self.alignment = ActiveAlignment(self.session_factory, settings.runtime_model, settings.enroll_model)
         with self.session() as session:
             register_discovered(session, [settings.bundled_artifacts_dir, settings.artifacts_dir],
-                                source_version=settings.runtime_model, target_version=settings.enroll_model)
+                                source_version=settings.runtime_model, target_version=settings.enroll_model,
+                                default_name=settings.default_alignment)
             session.commit()
         self.gallery.rebuild()
 
