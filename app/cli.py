@@ -225,7 +225,24 @@ def _decode_file(path, settings: Settings):
         raise ApiError(exc.http_status, exc.code, exc.message, exc.detail) from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
+def cmd_eval(args, settings: Settings) -> int:
+    import pathlib
+
+    from app.model_registry import load_embedder
+    from nessa.evaluation import main_args
+
+    for folder in (args.eval_dir, args.anchors_dir):
+        if not pathlib.Path(folder).is_dir():
+            return _fail(f"evaluation data not found: {folder}")
+    try:
+        main_args(args, load_embedder(settings.enroll_model), load_embedder(settings.runtime_model))
+    except (ValueError, FileNotFoundError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    settings = settings or Settings()
     parser = argparse.ArgumentParser(prog="nessa", description="Asymmetric speaker enrollment and verification.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -258,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke")
     kr.add_argument("prefix")
     keys.set_defaults(func=cmd_keys)
+
+    from nessa.evaluation import add_arguments as add_eval_arguments
+
+    evaluation = sub.add_parser("eval", help="every system on one test corpus, one run, one table")
+    add_eval_arguments(evaluation, shared_data_dir=settings.shared_data_dir,
+                       cache_dir=settings.cache_dir / "embeddings")
+    evaluation.set_defaults(func=cmd_eval)
 
     diar = sub.add_parser("diarize", help="who spoke when in an audio file")
     diar.add_argument("file")
@@ -292,11 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except ValueError as exc:
         return _fail(str(exc))
+    args = build_parser(settings).parse_args(argv)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("faiss.loader", "alembic.runtime.plugins", "speechbrain.utils.quirks"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

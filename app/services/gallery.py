@@ -106,9 +106,13 @@ class Gallery:
         index = self._indexes.get(space)
         return 0 if index is None else len(index)
 
+    def ids(self, space: str) -> list[int]:
+        index = self._indexes.get(space)
+        return [] if index is None else [int(i) for i in index.ids()]
+
     def sizes(self) -> dict[str, int]:
         return {space: len(index) for space, index in self._indexes.items()}
 
     def contains(self, space: str, speaker_id: int) -> bool:
         index = self._indexes.get(space)
-        return index is not None and speaker_id in set(index.ids())
+        return index is not None and speaker_id in index

@@ -44,15 +44,43 @@ def _profiles(session, speaker_ids, space):
     return {r.speaker_id: FloatVector.from_bytes(r.vector, r.dim) for r in rows}
 
 
+# keyed by id() of the loaded artifact object (kept alive in the value, so ids are not reused)
+_untouched_by_artifact: dict[int, tuple[object, bool]] = {}
+
+
+def _profiles_untouched(artifact) -> bool:
+    entry = _untouched_by_artifact.get(id(artifact))
+    if entry is None or entry[0] is not artifact:
+        entry = _untouched_by_artifact[id(artifact)] = (artifact, _check_profiles_untouched(artifact))
+    return entry[1]
+
+
+def _check_profiles_untouched(artifact) -> bool:
+    """True when the artifact compares aligned queries with the stored enrollment-space
+    vectors as they are (ridge-style maps), so the enrollment index can preselect with
+    the aligned query; shared-space kinds transform the profile side too."""
+    probe = np.eye(artifact.target_dim, dtype=np.float32)
+    try:
+        return bool(np.allclose(artifact.transform_target(probe), probe, atol=1e-5))
+    except Exception:
+        return False
+
+
 def _score(session, artifact, query_runtime, query_aligned, speaker_ids):
     """Exact calibrated scores for the given speakers; those without an enrollment-space
     profile are not scorable and are left out."""
     enroll_space, runtime_space = artifact.target_version, artifact.source_version
     enrolled = _profiles(session, speaker_ids, enroll_space)
     runtime = _profiles(session, list(enrolled), runtime_space)
+    if not enrolled:
+        return {}
+    order = list(enrolled)
+    # The artifact decides how a profile enters the comparison space (identity for ridge).
+    profile_side = artifact.transform_target(np.stack([enrolled[i] for i in order]))
+    cross_scores = dict(zip(order, (profile_side @ query_aligned).tolist()))
     scored = {}
-    for speaker_id, enroll_vector in enrolled.items():
-        cross = float(np.dot(query_aligned, enroll_vector))
+    for speaker_id in order:
+        cross = float(cross_scores[speaker_id])
         if speaker_id in runtime:
             light = float(np.dot(query_runtime, runtime[speaker_id]))
             scored[speaker_id] = (float(artifact.score_fused(light, cross)), "fused")
@@ -78,8 +106,13 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
     gallery = services.gallery
     gallery.sync()
     restrict = sorted(set(candidates)) if candidates else None
-    hits = gallery.search(artifact.target_version, query_aligned, PRESELECT, restrict_to=restrict)
-    hits += gallery.search(artifact.source_version, query_runtime, PRESELECT, restrict_to=restrict)
+    hits = gallery.search(artifact.source_version, query_runtime, PRESELECT, restrict_to=restrict)
+    if _profiles_untouched(artifact):
+        hits += gallery.search(artifact.target_version, query_aligned, PRESELECT, restrict_to=restrict)
+    elif gallery.size(artifact.target_version) <= PRESELECT:
+        # Shared-space artifact: the enrollment index cannot take the aligned query, so a
+        # small gallery is scored whole; a large one is preselected by the runtime index.
+        hits += [(i, 0.0) for i in gallery.ids(artifact.target_version) if restrict is None or i in restrict]
     ids = sorted({speaker_id for speaker_id, _ in hits})
     with services.session() as session:
         scored = _score(session, artifact, query_runtime, query_aligned, ids) if ids else {}
