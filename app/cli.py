@@ -137,10 +137,22 @@ def cmd_align(args, settings: Settings) -> int:
             return _fail(f"training data not found: {', '.join(missing)}")
         out_dir = pathlib.Path(args.out) if args.out else settings.artifacts_dir
         command = "nessa " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("nessa") else ""
-        artifact = train_from_folder(
-            load_embedder(args.source or settings.runtime_model), load_embedder(args.target or settings.enroll_model),
-            [str(p) for p in sources], out_dir=out_dir, name=args.name, seed=args.seed,
-            cache_dir=settings.cache_dir / "embeddings", command=command)
+        source = load_embedder(args.source or settings.runtime_model)
+        target = load_embedder(args.target or settings.enroll_model)
+        if args.arch == "ridge":
+            artifact = train_from_folder(source, target, [str(p) for p in sources], out_dir=out_dir, name=args.name,
+                                         seed=args.seed, cache_dir=settings.cache_dir / "embeddings", command=command)
+        else:
+            from nessa.train_network import train_network_from_folders
+
+            try:
+                config = _network_config(args)
+            except ValueError as exc:
+                return _fail(str(exc))
+            artifact = train_network_from_folders(
+                source, target, [str(p) for p in sources], out_dir, args.name, config=config, seed=args.seed,
+                cache_dir=settings.cache_dir / "embeddings", command=command,
+                concat_dir=settings.data_dir / "corpora")
         print(f"saved alignment {artifact.name} to {out_dir / artifact.name}")
         for key, value in sorted(artifact.metrics.get("summary", {}).items()):
             print(f"  {key}: {value}")
@@ -225,6 +237,46 @@ def _decode_file(path, settings: Settings):
         raise ApiError(exc.http_status, exc.code, exc.message, exc.detail) from exc
 
 
+def _network_config(args):
+    """NetworkConfig from the `--<field>` flags that were given (others keep defaults)."""
+    import dataclasses
+
+    from nessa.train_network import NetworkConfig
+
+    values = {"arch": args.arch}
+    for field in dataclasses.fields(NetworkConfig):
+        value = getattr(args, f"net_{field.name}", None)
+        if value is not None and field.name != "arch":
+            values[field.name] = value
+    weights = []
+    for item in args.domain_weight or []:
+        name, _, weight = item.partition("=")
+        try:
+            weights.append((name, float(weight)))
+        except ValueError:
+            raise ValueError(f"--domain-weight needs NAME=WEIGHT, got {item!r}") from None
+    if weights:
+        values["domain_weights"] = tuple(weights)
+    return NetworkConfig(**values)
+
+
+def _add_network_flags(parser) -> None:
+    import dataclasses
+
+    from nessa.train_network import NetworkConfig
+
+    group = parser.add_argument_group("alignment network (with --arch other than ridge; defaults: NetworkConfig)")
+    for field in dataclasses.fields(NetworkConfig):
+        if field.name in ("arch", "domain_weights"):
+            continue
+        kind = type(field.default)
+        if kind not in (int, float, str):
+            continue
+        group.add_argument(f"--{field.name.replace('_', '-')}", dest=f"net_{field.name}", type=kind,
+                           help=f"default {field.default}")
+    group.add_argument("--domain-weight", action="append", help="NAME=WEIGHT for a training folder (repeatable)")
+
+
 def cmd_eval(args, settings: Settings) -> int:
     import pathlib
 
@@ -304,6 +356,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     train.add_argument("--source", help="runtime model version (default: the configured one)")
     train.add_argument("--target", help="enrollment model version (default: the configured one)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--arch", default="ridge", choices=["ridge", "linear", "mlp", "resmlp", "twotower"],
+                       help="ridge (closed form) or an alignment network")
+    _add_network_flags(train)
     train.add_argument("--no-activate", action="store_true")
     train.add_argument("--no-register", action="store_true")
     asub.add_parser("list")

@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     ours_dir = out / "ours"
     ours_dir.mkdir(parents=True, exist_ok=True)
     hyps = {"ours": {}, "senko": {}}
-    ours_time, audio_time, stage_times = 0.0, 0.0, {}
+    ours_time, audio_time, stage_times, threshold_counts = 0.0, 0.0, {}, {}
     for name, rows in items.items():
         for item in rows:
             wav = load_audio_file(item.audio)
@@ -141,6 +141,7 @@ def main(argv=None) -> int:
                 stage_times[stage] = stage_times.get(stage, 0.0) + seconds
             key = _key(name, item.uri)
             hyps["ours"][key] = result.segments
+            threshold_counts[key] = result.info.get("clustering", {}).get("threshold_count", 0)
             result.write_rttm(ours_dir / f"{key}.rttm", uri=key)
             print(f"ours {key}: {result.num_speakers} spk (ref {count_speakers(item.reference)}), "
                   f"{elapsed:.2f}s", file=sys.stderr)
@@ -177,7 +178,7 @@ def main(argv=None) -> int:
     for label, members in groups:
         report["sets"][label] = {}
         for system in systems:
-            scorer, exact, n = Scorer(), 0, 0
+            scorer, exact, n, exact_threshold = Scorer(), 0, 0, 0
             for name in members:
                 for item in items[name]:
                     hyp = hyps[system][_key(name, item.uri)]
@@ -185,20 +186,25 @@ def main(argv=None) -> int:
                     if item.reference:
                         n += 1
                         exact += int(count_speakers(hyp) == count_speakers(item.reference))
+                        exact_threshold += int(threshold_counts.get(_key(name, item.uri))
+                                               == count_speakers(item.reference))
             report["sets"][label][system] = dict(scorer.totals(), count=f"{exact}/{n}", files=n)
+            if system == "ours":
+                report["sets"][label][system]["threshold_only_count"] = f"{exact_threshold}/{n}"
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(markdown(report, systems))
     return 0
 
 
 def markdown(report: dict, systems) -> str:
-    lines = ["| set (files) | system | DER c=0 | JER c=0 | DER c=0.25 | JER c=0.25 | exact count |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| set (files) | system | DER c=0 | JER c=0 | DER c=0.25 | JER c=0.25 | exact count "
+             "(threshold-only AHC) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for label, by_system in report["sets"].items():
         for system in systems:
             r = by_system[system]
             lines.append(f"| {label} ({r['files']}) | {system} | {r['der@0.0']:.1%} | {r['jer@0.0']:.1%} | "
-                         f"{r['der@0.25']:.1%} | {r['jer@0.25']:.1%} | {r['count']} |")
+                         f"{r['der@0.25']:.1%} | {r['jer@0.25']:.1%} | {r['count']}"
+                         + (f" ({r['threshold_only_count']})" if "threshold_only_count" in r else "") + " |")
     lines.append("")
     lines.append("| system | real-time factor (1 thread) | model load |")
     lines.append("| --- | --- | --- |")

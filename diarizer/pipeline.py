@@ -281,9 +281,9 @@ class Diarizer:
             out = self.overlap_detector.analyse(wav, step_s=self.config.segmentation_step_s,
                                                 min_active_s=self.config.local_speaker_min_s)
             times, speech_prob, overlap_prob = out["times"], out["speech"], out["overlap"]
-            chunk_speakers = out["chunk_speakers"]
+            chunk_speakers, changes = out["chunk_speakers"], out.get("changes")
         else:
-            chunk_speakers, changes = None, None
+            chunk_speakers = changes = None
             times, speech_prob, overlap_prob = self.overlap_detector.probabilities(
                 wav, step_s=self.config.segmentation_step_s)
         return (np.interp(centres, times, overlap_prob),
