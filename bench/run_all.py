@@ -8,7 +8,7 @@ import argparse
 import platform
 import sys
 
-from bench import faiss_bench, runtime_bench
+from bench import faiss_bench, runtime_bench, scoring_bench
 
 
 def main(argv=None) -> int:
@@ -18,6 +18,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     print(f"# NESSA benchmarks ({platform.processor() or platform.machine()}, python {platform.python_version()})\n")
     print(runtime_bench.format_report(runtime_bench.run(args.queries)))
+    print("\n### Scoring one test embedding against 10 candidates (alignment + fusion), one thread\n")
+    print(scoring_bench.format_table(scoring_bench.run()))
     print("\n### FAISS search, one thread\n")
     print(faiss_bench.format_table(faiss_bench.run(args.faiss_sizes)))
     return 0

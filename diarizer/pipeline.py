@@ -71,6 +71,9 @@ class DiarizerConfig:
     #: cut the embedding windows at the segmentation model's local speaker changes and
     #: keep them out of overlapped speech (the speech mask itself is not changed)
     split_at_changes: bool = False
+    #: after clustering, clusters whose centroids' cosine is above this are merged (most
+    #: similar pair first) while the count stays within the hints; None = never
+    merge_threshold: float | None = None
 
     def validate(self) -> None:
         if self.features not in FEATURES:
@@ -226,6 +229,12 @@ class Diarizer:
         labels, cluster_info = cluster(feats[clean], config.method, hints, threshold=threshold,
                                        max_speakers_default=config.max_speakers,
                                        pruning=config.pruning, seed=config.seed)
+        if config.merge_threshold is not None and hints.num_speakers is None:
+            labels, merged = _merge_clusters(feats[clean], labels, config.merge_threshold,
+                                             hints.min_speakers or 1)
+            if merged:
+                cluster_info["merged"] = merged
+                cluster_info["count"] = int(labels.max()) + 1
         if not clean.all():
             k = int(labels.max()) + 1
             centroids = l2_normalise(np.stack([feats[clean][labels == c].mean(axis=0) for c in range(k)]))
@@ -338,6 +347,28 @@ class Diarizer:
                                          if c >= 0 and b - a >= min_frames], n_frames, frame),
                                   second, -1)
         return frame_labels, second
+
+
+def _merge_clusters(feats: np.ndarray, labels: np.ndarray, threshold: float, low: int):
+    """Merge the two clusters with the most similar centroids while their cosine > threshold."""
+    labels = labels.copy()
+    merged = 0
+    while True:
+        ids = np.unique(labels)
+        if len(ids) <= max(1, low):
+            break
+        centroids = l2_normalise(np.stack([feats[labels == c].mean(axis=0) for c in ids]))
+        sim = centroids @ centroids.T
+        np.fill_diagonal(sim, -np.inf)
+        i, j = np.unravel_index(np.argmax(sim), sim.shape)
+        if sim[i, j] <= threshold:
+            break
+        labels[labels == ids[j]] = ids[i]
+        merged += 1
+    if merged:
+        mapping: dict[int, int] = {}
+        labels = np.array([mapping.setdefault(int(x), len(mapping)) for x in labels], dtype=int)
+    return labels, merged
 
 
 def _split_speech(speech, changes, overlapped: np.ndarray, frame_s: float):

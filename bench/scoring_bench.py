@@ -1,0 +1,65 @@
+"""Scoring one test embedding against its candidates (alignment + fusion), one thread.
+
+    .venv/bin/python -m bench.scoring_bench [--candidates 10]
+
+For every bundled alignment artifact, next to a baseline measured in the same run: the
+light model's own cosine against the same candidates (what the runtime path costs without
+any alignment). Target: alignment + fusion <= 0.1 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from nessa.artifact import AlignmentArtifact
+from nessa.evaluation import benchmark_scoring
+
+ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "nessa" / "artifacts"
+
+
+def _baseline_us(dim: int, n_candidates: int, repeats: int = 5000) -> float:
+    rng = np.random.default_rng(0)
+    profiles = rng.normal(size=(n_candidates, dim)).astype(np.float32)
+    queries = rng.normal(size=(repeats, dim)).astype(np.float32)
+    times = np.empty(repeats)
+    for i, q in enumerate(queries):
+        start = time.perf_counter_ns()
+        q[None, :] @ profiles.T
+        times[i] = time.perf_counter_ns() - start
+    return float(np.percentile(times / 1000.0, 50))
+
+
+def run(n_candidates: int = 10) -> list[dict]:
+    rows = []
+    for directory in sorted(p.parent for p in ARTIFACTS.glob("*/artifact.json")):
+        artifact = AlignmentArtifact.load(directory)
+        result = benchmark_scoring(artifact, n_candidates=n_candidates)
+        result["baseline_p50_us"] = round(_baseline_us(artifact.source_dim, n_candidates), 2)
+        rows.append(result)
+    return rows
+
+
+def format_table(rows) -> str:
+    lines = ["| artifact | candidates | p50 µs | p95 µs | baseline (light cosine only) p50 µs | ratio | ≤ 100 µs |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        lines.append(f"| {r['artifact']} | {r['n_candidates']} | {r['p50_us']:.1f} | {r['p95_us']:.1f} | "
+                     f"{r['baseline_p50_us']:.1f} | {r['p50_us'] / r['baseline_p50_us']:.1f} | "
+                     f"{'yes' if r['p95_us'] <= 100 else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidates", type=int, default=10)
+    args = parser.parse_args(argv)
+    print(format_table(run(args.candidates)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
