@@ -22,7 +22,7 @@ from diarizer.result import DiarizationResult, Segment, SpeakerSummary
 from speechcore.embedder import l2_normalise
 
 SAMPLE_RATE = 16000
-FEATURES = ("raw", "aligned", "concat")
+FEATURES = ("raw", "aligned", "concat", "centered")
 
 
 @dataclasses.dataclass
@@ -89,7 +89,7 @@ class DiarizerConfig:
 
 
 #: AHC cosine-distance thresholds per feature space, chosen on the real conversations
-DEFAULT_AHC_THRESHOLDS = {"raw": 0.40, "aligned": 0.60, "concat": 0.50}
+DEFAULT_AHC_THRESHOLDS = {"raw": 0.40, "aligned": 0.60, "concat": 0.50, "centered": 1.0}
 
 
 def sliding_windows(speech: list[tuple[float, float]], window_s: float, hop_s: float,
@@ -143,6 +143,10 @@ class Diarizer:
 
     def features(self, raw: np.ndarray, aligned: np.ndarray | None) -> np.ndarray:
         kind = self.config.features
+        if kind == "centered":
+            # GE2E windows all point the same way (ReLU outputs): remove the recording's mean
+            unit = l2_normalise(raw)
+            return l2_normalise(unit - unit.mean(axis=0, keepdims=True)) if len(unit) > 1 else unit
         if kind == "raw" or aligned is None:
             return l2_normalise(raw)
         if kind == "aligned":
