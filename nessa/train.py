@@ -227,6 +227,45 @@ def _per_duration_threshold_report(calibration: cal.LogisticCalibration, llr: np
     return report
 
 
+def evaluate_on_dev(cross, trials: "DevTrials", config):
+    """Calibrate the cross-model score alone and fused with the symmetric runtime score on
+    the development trials; returns both calibrations and their figures (shared by the
+    ridge and the network trainers)."""
+    p_target = config.min_dcf_p_target
+    runtime = trials.test_source @ trials.profile_source.T
+    enroll_reference = trials.test_target @ trials.profile_target.T
+    cross_calibration, cross_llr, cross_report = _calibrate([cross], ("cross_cosine",), trials, config)
+    fused_calibration, fused_llr, fused_report = _calibrate([runtime, cross], ("runtime_cosine", "cross_cosine"),
+                                                            trials, config)
+    threshold_sets = {"fused": fused_calibration.thresholds, "cross": cross_calibration.thresholds}
+    report = {
+        "runtime_symmetric": _summaries(runtime, trials, p_target),
+        "cross": _summaries(cross, trials, p_target),
+        "fused": _summaries(fused_llr, trials, p_target),
+        "enroll_symmetric_reference": _summaries(enroll_reference, trials, p_target),
+        "calibration": {"cross": cross_report, "fused": fused_report},
+        "open_set_identification": {
+            kind: metrics.open_set_identification(llr, trials.test_speakers, trials.profile_speakers,
+                                                  threshold_sets[kind])
+            for kind, llr in (("fused", fused_llr), ("cross", cross_llr))},
+    }
+    return cross_calibration, fused_calibration, report
+
+
+def dev_evaluation(split: dict, report: dict, trials: "DevTrials", *, extra: dict, timing: dict) -> dict:
+    """The artifact's `metrics`: split sizes, the dev figures and a short summary."""
+    split = {**split, "dev_profiles": int(len(trials.profile_speakers)), "dev_tests": int(len(trials.test_speakers)),
+             "dev_target_trials": int(trials.is_target.sum()),
+             "dev_nontarget_trials": int((~trials.is_target).sum())}
+    kinds = ("runtime_symmetric", "cross", "fused", "enroll_symmetric_reference")
+    evaluation = {"split": split, **extra, **report, "timing_seconds": timing}
+    evaluation["summary"] = {
+        "dev_eer_percent": {kind: evaluation[kind]["pooled"]["eer_percent"] for kind in kinds},
+        "dev_min_dcf_normalised": {kind: evaluation[kind]["pooled"]["min_dcf_normalised"] for kind in kinds},
+    }
+    return evaluation
+
+
 def _calibrate(features: list[np.ndarray], names: tuple[str, ...], trials: DevTrials,
                config: AlignmentConfig) -> tuple[cal.LogisticCalibration, np.ndarray, dict]:
     """Fit a calibration on the dev trials; returns it (with thresholds), its LLRs and a report."""
@@ -288,42 +327,21 @@ def train_alignment(source: Embedder, target: Embedder, utterances: list[Utteran
              if not key.startswith("_") and key not in ("cross_eer_percent", "cross_min_dcf")}
 
     cross = cross_scores(config.kind, best["_params"], trials)
-    runtime = trials.test_source @ trials.profile_source.T
-    enroll_reference = trials.test_target @ trials.profile_target.T
-    cross_calibration, cross_llr, cross_report = _calibrate([cross], ("cross_cosine",), trials, config)
-    fused_calibration, fused_llr, fused_report = _calibrate([runtime, cross], ("runtime_cosine", "cross_cosine"),
-                                                            trials, config)
-    threshold_sets = {"fused": fused_calibration.thresholds, "cross": cross_calibration.thresholds}
-    open_set = {kind: metrics.open_set_identification(llr, trials.test_speakers, trials.profile_speakers,
-                                                      threshold_sets[kind])
-                for kind, llr in (("fused", fused_llr), ("cross", cross_llr))}
+    cross_calibration, fused_calibration, dev_report = evaluate_on_dev(cross, trials, config)
 
     # The shipped map: same settings, every training speaker.
     x_all, y_all = regression_pairs(files, set(fit_speakers) | set(dev_speakers), config.regression_target)
     params = _fit_params(config.kind, x_all, y_all, hyper)
     finished = time.monotonic()
 
-    evaluation = {
-        "split": {"fit_speakers": len(fit_speakers), "dev_speakers": len(dev_speakers),
-                  "fit_pairs": int(len(x_fit)), "final_pairs": int(len(x_all)),
-                  "dev_profiles": int(len(trials.profile_speakers)), "dev_tests": int(len(trials.test_speakers)),
-                  "dev_target_trials": int(is_target.sum()), "dev_nontarget_trials": int((~is_target).sum())},
-        "selected": hyper,
-        "selection": [{k: v for k, v in row.items() if not k.startswith("_")} for row in selection],
-        "runtime_symmetric": _summaries(runtime, trials, p_target),
-        "cross": _summaries(cross, trials, p_target),
-        "fused": _summaries(fused_llr, trials, p_target),
-        "enroll_symmetric_reference": _summaries(enroll_reference, trials, p_target),
-        "calibration": {"cross": cross_report, "fused": fused_report},
-        "open_set_identification": open_set,
-        "timing_seconds": {"embedding": round(embedded - started, 1), "fitting": round(finished - embedded, 1)},
-    }
-    evaluation["summary"] = {
-        "dev_eer_percent": {kind: evaluation[kind]["pooled"]["eer_percent"]
-                            for kind in ("runtime_symmetric", "cross", "fused", "enroll_symmetric_reference")},
-        "dev_min_dcf_normalised": {kind: evaluation[kind]["pooled"]["min_dcf_normalised"]
-                                   for kind in ("runtime_symmetric", "cross", "fused", "enroll_symmetric_reference")},
-    }
+    split = {"fit_speakers": len(fit_speakers), "dev_speakers": len(dev_speakers),
+             "fit_pairs": int(len(x_fit)), "final_pairs": int(len(x_all))}
+    evaluation = dev_evaluation(split, dev_report, trials,
+                                extra={"selected": hyper,
+                                       "selection": [{k: v for k, v in row.items() if not k.startswith("_")}
+                                                     for row in selection]},
+                                timing={"embedding": round(embedded - started, 1),
+                                        "fitting": round(finished - embedded, 1)})
 
     artifact = AlignmentArtifact(
         name=name, kind=config.kind,

@@ -30,7 +30,8 @@ from nessa.data import (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbe
                         speech_only_loader)
 from nessa.linear import RidgeSolver, fit_cca
 from nessa.network import ARCHITECTURES, KIND_OF, TRANSFORMS, build_module, cca_init, ridge_init
-from nessa.train import AlignmentConfig, DevTrials, _calibrate, _split_scores, _summaries, build_dev_trials, split_speakers
+from nessa.train import (AlignmentConfig, DevTrials, _calibrate, _split_scores, _summaries, build_dev_trials,
+                         dev_evaluation, evaluate_on_dev, split_speakers)
 from speechcore.embedder import l2_normalise
 
 #: bump when the parameterisation changes, so that old checkpoints are not resumed
@@ -384,41 +385,16 @@ def train_network_alignment(source, target, corpora: Sequence[tuple[str, list[Ut
     fit_pairs = build_pairs(files, domains, fit_speakers, config)
     params_dev = fit_network(fit_pairs, config, seed, checkpoint_dir=checkpoints, progress=progress, log=dev_log)
     cross = network_cross_scores(config.kind, params_dev, trials)
-    runtime = trials.test_source @ trials.profile_source.T
-    enroll_reference = trials.test_target @ trials.profile_target.T
-    cross_calibration, cross_llr, cross_report = _calibrate([cross], ("cross_cosine",), trials, base)
-    fused_calibration, fused_llr_values, fused_report = _calibrate(
-        [runtime, cross], ("runtime_cosine", "cross_cosine"), trials, base)
-    threshold_sets = {"fused": fused_calibration.thresholds, "cross": cross_calibration.thresholds}
-    open_set = {kind: metrics.open_set_identification(llr, trials.test_speakers, trials.profile_speakers,
-                                                      threshold_sets[kind])
-                for kind, llr in (("fused", fused_llr_values), ("cross", cross_llr))}
+    cross_calibration, fused_calibration, dev_report = evaluate_on_dev(cross, trials, base)
 
     all_pairs = build_pairs(files, domains, all_speakers, config)
     params = fit_network(all_pairs, config, seed, checkpoint_dir=checkpoints, progress=progress)
     finished = time.monotonic()
-    p_target = base.min_dcf_p_target
-    evaluation = {
-        "split": {"fit_speakers": len(fit_speakers), "dev_speakers": len(dev_speakers),
-                  "fit_pairs": int(len(fit_pairs.x)), "final_pairs": int(len(all_pairs.x)),
-                  "dev_profiles": int(len(trials.profile_speakers)), "dev_tests": int(len(trials.test_speakers)),
-                  "dev_target_trials": int(trials.is_target.sum()),
-                  "dev_nontarget_trials": int((~trials.is_target).sum())},
-        "training_log_dev_fit": dev_log,
-        "runtime_symmetric": _summaries(runtime, trials, p_target),
-        "cross": _summaries(cross, trials, p_target),
-        "fused": _summaries(fused_llr_values, trials, p_target),
-        "enroll_symmetric_reference": _summaries(enroll_reference, trials, p_target),
-        "calibration": {"cross": cross_report, "fused": fused_report},
-        "open_set_identification": open_set,
-        "timing_seconds": {"embedding": round(embedded_at - started, 1), "fitting": round(finished - embedded_at, 1)},
-    }
-    evaluation["summary"] = {
-        "dev_eer_percent": {kind: evaluation[kind]["pooled"]["eer_percent"]
-                            for kind in ("runtime_symmetric", "cross", "fused", "enroll_symmetric_reference")},
-        "dev_min_dcf_normalised": {kind: evaluation[kind]["pooled"]["min_dcf_normalised"]
-                                   for kind in ("runtime_symmetric", "cross", "fused", "enroll_symmetric_reference")},
-    }
+    evaluation = dev_evaluation(
+        {"fit_speakers": len(fit_speakers), "dev_speakers": len(dev_speakers),
+         "fit_pairs": int(len(fit_pairs.x)), "final_pairs": int(len(all_pairs.x))},
+        dev_report, trials, extra={"training_log_dev_fit": dev_log},
+        timing={"embedding": round(embedded_at - started, 1), "fitting": round(finished - embedded_at, 1)})
     domain_counts = {}
     for item in files:
         domain_counts.setdefault(domains[item.path], set()).add(item.speaker)
