@@ -1,7 +1,6 @@
 """API keys: random secrets shown once, stored as sha256 hashes, each with scopes."""
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
 import secrets

@@ -210,7 +210,7 @@ def cmd_diarize(args, settings: Settings) -> int:
         return _fail(f"no such audio file: {path}")
     services = _services(settings)
     try:
-        status, body = 200, diarization.diarize_wav(
+        body = diarization.diarize_wav(
             services, _decode_file(path, settings), num_speakers=args.num_speakers,
             min_speakers=args.min_speakers, max_speakers=args.max_speakers,
             name_against_gallery=args.name_against_gallery)

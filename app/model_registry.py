@@ -8,7 +8,7 @@ import importlib
 import threading
 import types
 
-from speechcore.embedder import Embedder, installed_package_file, sha256_file
+from speechcore.embedder import Embedder, resolve_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,5 +64,5 @@ def model_identity(version: str) -> types.SimpleNamespace:
     """Version, dim and weights checksum of a model without loading it (the web process
     never needs the heavy enrollment model, but must check artifacts against it)."""
     spec = spec_for(version)
-    weights = installed_package_file(*spec.weights)
-    return types.SimpleNamespace(version=version, dim=spec.dim, weights_sha256=sha256_file(weights))
+    _, sha256 = resolve_weights(None, *spec.weights)
+    return types.SimpleNamespace(version=version, dim=spec.dim, weights_sha256=sha256)

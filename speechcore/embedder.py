@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import pathlib
 from typing import Sequence
@@ -64,3 +65,15 @@ def installed_package_file(package: str, relative: str) -> pathlib.Path:
     if not path.is_file():
         raise FileNotFoundError(f"{relative} not found inside installed package {package!r}")
     return path
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_sha256(path: str) -> str:
+    return sha256_file(path)
+
+
+def resolve_weights(weights_path, package: str, relative: str) -> tuple[pathlib.Path, str]:
+    """The weight file to load (an explicit path, or the file shipped inside an installed
+    package) and its sha256, hashed once per process."""
+    path = pathlib.Path(weights_path) if weights_path else installed_package_file(package, relative)
+    return path, _cached_sha256(str(path.resolve()))
