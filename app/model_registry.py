@@ -31,6 +31,12 @@ MODEL_SPECS: dict[str, ModelSpec] = {
                   "Apache-2.0 (3D-Speaker CAM++)"),
         ModelSpec("ge2e-256", "runtime", 256, "runtime_models.ge2e:GE2EEmbedder",
                   ("resemblyzer", "pretrained.pt"), "Apache-2.0 (Resemblyzer GE2E)"),
+        # The same GE2E network exported to ONNX (scripts/export_ge2e_onnx.py), run by
+        # onnxruntime; the int8 variant keeps the first LSTM in fp32 (full int8 breaks GE2E).
+        ModelSpec("ge2e-256-onnx", "runtime", 256, "runtime_models.ge2e_onnx:GE2EOnnxEmbedder",
+                  ("runtime_models", "onnx/ge2e-256.onnx"), "Apache-2.0 (Resemblyzer GE2E)"),
+        ModelSpec("ge2e-256-onnx-int8", "runtime", 256, "runtime_models.ge2e_onnx:GE2EOnnxInt8Embedder",
+                  ("runtime_models", "onnx/ge2e-256-int8.onnx"), "Apache-2.0 (Resemblyzer GE2E)"),
     )
 }
 
