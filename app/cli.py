@@ -172,6 +172,15 @@ def cmd_align(args, settings: Settings) -> int:
         print(f"registered{'' if args.no_activate else ' and activated'} {artifact.name}")
         return 0
 
+    if args.align_command == "learning-curve":
+        from app.model_registry import load_embedder
+        from nessa.learning_curve import main_args as learning_curve_main
+
+        learning_curve_main(args, load_embedder(settings.runtime_model), load_embedder(settings.enroll_model))
+        return 0
+    if args.align_command == "adapt":
+        return _align_adapt(args, settings)
+
     engine = db.make_engine(settings.resolved_database_url)
     try:
         with db.make_session_factory(engine)() as session:
@@ -235,6 +244,60 @@ def _decode_file(path, settings: Settings):
         return decode_audio(path.read_bytes(), max_seconds=settings.max_audio_seconds).wav
     except AudioError as exc:
         raise ApiError(exc.http_status, exc.code, exc.message, exc.detail) from exc
+
+
+def _align_adapt(args, settings: Settings) -> int:
+    import dataclasses
+    import pathlib
+
+    import numpy as np
+
+    from app.errors import ApiError
+    from app.services.alignment import activate_artifact, register_artifact
+    from nessa.adapt import AdaptConfig, adapt_from_pairs
+
+    values = {f.name: getattr(args, f"adapt_{f.name}") for f in dataclasses.fields(AdaptConfig)
+              if getattr(args, f"adapt_{f.name}", None) is not None}
+    try:
+        config = AdaptConfig(**values)
+    except ValueError as exc:
+        return _fail(str(exc))
+    services = _services(settings) if (args.from_gallery or not args.artifact or not args.no_register) else None
+    artifact_dir = pathlib.Path(args.artifact) if args.artifact else None
+    if artifact_dir is None:
+        artifact_dir = pathlib.Path(services.alignment.current_path())
+    if not (artifact_dir / "artifact.json").is_file():
+        return _fail(f"no alignment artifact at {artifact_dir}")
+    if args.from_gallery:
+        from app.services.adaptation import gallery_pairs
+        from nessa.artifact import AlignmentArtifact
+
+        try:
+            source, target, speaker = gallery_pairs(services, AlignmentArtifact.load(artifact_dir))
+        except ValueError as exc:
+            return _fail(str(exc))
+    else:
+        if not pathlib.Path(args.pairs).is_file():
+            return _fail(f"no such pairs file: {args.pairs}")
+        with np.load(args.pairs, allow_pickle=False) as pairs:
+            source, target, speaker = pairs["source"], pairs["target"], pairs["speaker"]
+    out_dir = pathlib.Path(args.out) if args.out else settings.artifacts_dir
+    adapted = adapt_from_pairs(artifact_dir, source, target, speaker, out_dir, args.name, config)
+    info = adapted.config["adaptation"]
+    print(f"saved {adapted.name} to {out_dir / adapted.name}: {len(source)} pairs from "
+          f"{info['n_speakers']} speakers, parent {info['parent']}, recalibrated: {info['recalibrated']}")
+    if args.no_register:
+        return 0
+    try:
+        with services.session() as session:
+            register_artifact(session, out_dir / adapted.name)
+            if args.activate:
+                activate_artifact(session, adapted.name)
+            session.commit()
+    except ApiError as exc:
+        return _fail(exc.message)
+    print(f"registered{' and activated' if args.activate else ''} {adapted.name}")
+    return 0
 
 
 def _network_config(args):
@@ -361,6 +424,31 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     _add_network_flags(train)
     train.add_argument("--no-activate", action="store_true")
     train.add_argument("--no-register", action="store_true")
+    from nessa.learning_curve import add_arguments as add_learning_curve_arguments
+
+    curve = asub.add_parser("learning-curve", help="EER against the number of real training speakers, with a trend")
+    add_learning_curve_arguments(curve, shared_data_dir=settings.shared_data_dir,
+                                 cache_dir=settings.cache_dir / "embeddings")
+
+    import dataclasses
+
+    from nessa.adapt import AdaptConfig
+
+    adapt = asub.add_parser("adapt", help="fine-tune an alignment on the gallery's own in-domain pairs")
+    adapt.add_argument("--artifact", help="parent artifact directory (default: the active alignment)")
+    source = adapt.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-gallery", action="store_true",
+                        help="pairs from the database's completed enrollments (and crops of retained audio)")
+    source.add_argument("--pairs", help=".npz with source (N, d_runtime), target (N, d_enroll), speaker (N,)")
+    adapt.add_argument("--name", help="default: <parent>+adapted")
+    adapt.add_argument("--out", help="output directory (default: <data dir>/artifacts)")
+    adapt.add_argument("--activate", action="store_true", help="activate the adapted alignment")
+    adapt.add_argument("--no-register", action="store_true")
+    for field in dataclasses.fields(AdaptConfig):
+        if type(field.default) in (int, float, str):
+            adapt.add_argument(f"--{field.name.replace('_', '-')}", dest=f"adapt_{field.name}",
+                               type=type(field.default), help=f"default {field.default}")
+
     asub.add_parser("list")
     reg = asub.add_parser("register")
     reg.add_argument("path")

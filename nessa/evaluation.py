@@ -322,6 +322,9 @@ class System:
     build: Callable[[list[np.ndarray], list[np.ndarray]], Scorer]
     threshold: float | None = None
     asymmetric: bool = True
+    #: protocols the system may be run under (a gallery-adapted system learns from every
+    #: enrolled utterance, which in all_pairs includes the test utterances: profile only)
+    protocols: tuple = PROTOCOLS
 
 
 def _mean_vectors(groups: list[np.ndarray]) -> np.ndarray:
@@ -552,6 +555,12 @@ def run_profile(system: System, data: EvalEmbeddings, condition: str,
     return row, trials
 
 
+def _not_run_row() -> dict:
+    """The row of a system that is not run under a protocol (shown as "–")."""
+    return {"eer": float("nan"), "min_dcf": float("nan"), "eer_sd": None, "min_dcf_sd": None, "top1": None,
+            "top1_sd": None, "top1_at_threshold": None, "n_target": 0, "n_nontarget": 0}
+
+
 def gain_recovered(eer_runtime: float, eer_enroll: float, eer_system: float,
                    min_gap: float = MIN_GAIN_GAP_POINTS) -> float | None:
     """(EER_runtime_sym - EER_x) / (EER_runtime_sym - EER_enroll_sym), EERs in percent;
@@ -641,6 +650,8 @@ class EvaluationResult:
         for axis, condition in zip(axes[0], self.conditions):
             for index, system in enumerate(self.systems):
                 trials = self.trials[(system, condition, protocol)]
+                if trials is None:
+                    continue
                 targets, nontargets = np.concatenate(trials.targets), np.concatenate(trials.nontargets)
                 far, frr = det_points(targets, nontargets)
                 eps = 1e-4
@@ -703,13 +714,16 @@ def evaluate(enroll_embedder, runtime_embedder, eval_dir=DEFAULT_EVAL_DIR, *, ar
              cache_dir=DEFAULT_CACHE_DIR, anchors_dir=DEFAULT_ANCHORS_DIR, noise_snr: float | None = None,
              noise_type: str = "babble", n_enroll: int = DEFAULT_ENROLL_UTTERANCES,
              extra_systems: Sequence[System] = (), provider: EmbeddingProvider | None = None,
-             progress: bool = True) -> EvaluationResult:
+             progress: bool = True, adapt: bool | dict = False) -> EvaluationResult:
     """Evaluate every system on every condition under both protocols; see the module docstring.
 
     ``artifacts``: paths or loaded artifacts (None: every artifact under nessa/artifacts).
     Artifacts are checked against the two embedders (when given). ``noise_snr``: add
     ``noise_type`` ("white" / "babble") noise at this SNR (dB) to the test side of every
     condition. ``provider`` replaces audio + models (the embedders may then be None).
+    ``adapt``: also run ``<artifact>+adapted`` / ``+adapted+fused`` per artifact (profile
+    protocol only): the alignment adapted on each draw's enrollment utterances alone
+    (``nessa.adapt.gallery_systems``; a dict is its ``AdaptConfig``).
     """
     started = time.monotonic()
     explicit = artifacts is not None
@@ -741,6 +755,11 @@ def evaluate(enroll_embedder, runtime_embedder, eval_dir=DEFAULT_EVAL_DIR, *, ar
                map_system("cca", "cca", maps.cca)]
     for artifact in artifact_list:
         systems += artifact_systems(artifact)
+    if adapt:
+        from nessa.adapt import gallery_systems
+
+        for artifact in artifact_list:
+            systems += gallery_systems(artifact, data, adapt if isinstance(adapt, dict) else None)
     systems += list(extra_systems)
     names = [system.name for system in systems]
     if len(set(names)) != len(names):
@@ -751,7 +770,9 @@ def evaluate(enroll_embedder, runtime_embedder, eval_dir=DEFAULT_EVAL_DIR, *, ar
     for protocol in PROTOCOLS:
         for condition in conditions:
             for system in systems:
-                if protocol == "all_pairs":
+                if protocol not in system.protocols:
+                    row, trial = _not_run_row(), None
+                elif protocol == "all_pairs":
                     row, trial = run_all_pairs(system, data, condition.name)
                 else:
                     row, trial = run_profile(system, data, condition.name, draw_sets)
@@ -835,6 +856,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, shared_data_dir=DEFAULT_SH
     parser.add_argument("--markdown", help="write the markdown tables here (they are always printed)")
     parser.add_argument("--det", help="write DET curves (PNG) here")
     parser.add_argument("--det-protocol", choices=PROTOCOLS, default="all_pairs")
+    parser.add_argument("--adapt", action="store_true",
+                        help="also evaluate each artifact adapted on every profile draw's enrollment utterances "
+                             "(<artifact>+adapted[+fused], profile protocol only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -846,7 +870,7 @@ def main_args(args: argparse.Namespace, enroll_embedder, runtime_embedder) -> Ev
     result = evaluate(enroll_embedder, runtime_embedder, args.eval_dir, artifacts=args.artifact, crops=crops,
                       draws=args.draws, seed=args.seed, cache_dir=args.cache_dir, anchors_dir=args.anchors_dir,
                       noise_snr=args.noise_snr, noise_type=args.noise_type, n_enroll=args.enroll_utterances,
-                      progress=not args.quiet)
+                      progress=not args.quiet, adapt=getattr(args, "adapt", False))
     table = result.markdown()
     print(table)
     print(f"({result.info['n_speakers']} speakers, {result.info['n_utterances']} utterances, "

@@ -225,6 +225,9 @@ def test_overlap_detection_on_the_pyannote_sample(diarizer):
     hyp = overlap >= 0.5
     assert (hyp & (ref_count >= 2)).sum() / hyp.sum() > 0.6  # precision, measured 0.81
     assert detector.overlap_regions(np.zeros(16000 * 12, dtype=np.float32)) == []
+    analysed = detector.analyse(wav, step_s=5.0)
+    assert max(analysed["chunk_speakers"]) == 2  # a floor on the count: never above the truth
+    assert analysed["changes"] and all(0 < t < 30 for t in analysed["changes"])
 
     aware = Diarizer(diarizer.embedder, diarizer.artifact, vad=diarizer.vad, overlap_detector=detector)
     result = aware.diarize(wav)
@@ -255,3 +258,19 @@ def test_clustering_counts_speakers_and_scales_to_long_recordings():
     assert info["count"] == 2
     labels, info = cluster(x[::7], "ahc", SpeakerHints(num_speakers=4), threshold=0.5)
     assert info["count"] == 4
+
+
+def test_merging_and_splitting_helpers():
+    from diarizer.pipeline import _merge_clusters, _split_speech
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(16), rng.standard_normal(16)
+    feats = np.stack([a, a + 0.01, b, b + 0.01, a + 0.02, b - 0.01])
+    labels = np.array([0, 1, 2, 2, 1, 3])  # 0/1 are the same voice, 2/3 too
+    merged, n = _merge_clusters(feats, labels, 0.9, low=1)
+    assert n == 2 and merged.tolist() == [0, 0, 1, 1, 0, 1]
+    same, n = _merge_clusters(feats, labels, 0.9, low=4)  # the floor wins
+    assert n == 0 and same.tolist() == labels.tolist()
+    overlapped = np.zeros(300, dtype=bool)
+    overlapped[100:120] = True
+    pieces = _split_speech([(0.0, 2.0), (2.5, 3.0)], [0.5], overlapped, 0.01)
+    assert [(round(s, 2), round(e, 2)) for s, e in pieces] == [(0.0, 0.49), (0.51, 1.0), (1.2, 2.0), (2.5, 3.0)]

@@ -118,6 +118,14 @@ class ActiveAlignment:
         self._loaded: tuple[int, AlignmentArtifact] | None = None
         self._lock = threading.Lock()
 
+    def current_path(self) -> str:
+        with self._session_factory() as session:
+            path = session.scalar(sa.select(models.AlignmentArtifact.path).filter_by(
+                source_version=self.source_version, target_version=self.target_version, state="active"))
+        if path is None:
+            raise ApiError(503, "no_active_alignment", "No active alignment.", {})
+        return path
+
     def current(self) -> AlignmentArtifact:
         with self._session_factory() as session:
             row = session.execute(

@@ -1,0 +1,312 @@
+"""`nessa align adapt`: fine-tune the active alignment on a gallery's own in-domain pairs.
+
+Input: the same enrollment audio embedded by both models (the runtime model's vector and
+the enrollment model's vector of each chunk / utterance; chunk the retained enrollment
+utterances to get many pairs per speaker) and the speaker of each pair. Output: a new,
+self-describing artifact (``<parent>+adapted`` unless named), whose config records the
+parent's name and sha256 and the adaptation settings.
+
+Two methods, both leave the *enrollment side* of the alignment untouched, so profiles'
+stored, transformed vectors stay valid; only queries are mapped differently:
+
+* ``closed_form`` (any kind): a linear correction ``W`` of the aligned query,
+  ``min ||A W - T||^2 + lam * n * ||W - I||^2`` with ``A`` the L2-normalised aligned
+  runtime vectors and ``T`` the L2-normalised transformed enrollment vectors of the same
+  chunks; ``W = I`` when there is no data (the pull to the identity is the L2-SP of a
+  closed form). ``W`` is folded into the output layer(s), so the kind does not change.
+* ``finetune`` (``nn-*`` kinds): gradient steps on the source tower with the training
+  losses (cosine fidelity + supervised contrastive on the gallery's speakers) plus an
+  L2-SP pull ``l2_sp * sum ||theta - theta_parent||^2`` to the parent's weights.
+
+Calibration: a small gallery cannot calibrate, so the parent's cross calibration and
+fusion are kept, unless the gallery holds at least ``min_calibration_speakers``; then a
+quarter of its speakers is held out, the adaptation fitted on the rest, both
+calibrations refitted on the held-out speakers' trials, and the adaptation refitted on
+everyone.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import pathlib
+from typing import Sequence
+
+import numpy as np
+
+from nessa import calibration as cal
+from nessa.artifact import KINDS, AlignmentArtifact, utc_now
+from speechcore.embedder import l2_normalise
+
+METHODS = ("auto", "closed_form", "finetune")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptConfig:
+    #: "auto": finetune for nn-* kinds (best on test-other, docs/nessa-experiments.md), else closed_form
+    method: str = "auto"
+    #: closed form: pull towards the identity, relative to the number of pairs
+    lam: float = 1.0
+    #: finetune: steps (full batch), learning rate, L2-SP strength, loss weights
+    steps: int = 60
+    lr: float = 3e-4
+    l2_sp: float = 1.0
+    temperature: float = 0.1
+    w_cosine: float = 1.0
+    w_contrastive: float = 1.0
+    #: recalibrate only from this many gallery speakers on
+    min_calibration_speakers: int = 40
+    calibration_fraction: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}")
+
+    @classmethod
+    def from_any(cls, config) -> "AdaptConfig":
+        if config is None:
+            return cls()
+        if isinstance(config, cls):
+            return config
+        return cls(**dict(config))
+
+
+# ============================================================================ closed form
+def _aligned(artifact: AlignmentArtifact, source: np.ndarray) -> np.ndarray:
+    return artifact.transform(source).astype(np.float64)
+
+
+def _fold_output(kind: str, params: dict, w: np.ndarray) -> dict:
+    """Params whose source transform is the parent's followed by ``@ w``."""
+    p = {k: np.asarray(v, dtype=np.float64).copy() for k, v in params.items()}
+    if kind == "ridge":
+        p["weight"] = p["weight"] @ w
+    elif kind == "cca":
+        cw = p["component_weights"]
+        p["x_projection"] = (p["x_projection"] * cw) @ w / cw
+    elif kind in ("nn-linear", "nn-resmlp", "nn-twotower", "nn-mlp"):
+        for key in ("weight", "bias", "w2", "b2"):
+            if key in p:
+                p[key] = p[key] @ w
+    else:
+        raise ValueError(f"closed-form adaptation does not know kind {kind!r}")
+    return p
+
+
+def closed_form_correction(aligned: np.ndarray, targets: np.ndarray, lam: float) -> np.ndarray:
+    """``argmin_W ||A W - T||^2 + lam n ||W - I||^2`` (rows of A and T L2-normalised)."""
+    a, t = l2_normalise(np.asarray(aligned, np.float64)), l2_normalise(np.asarray(targets, np.float64))
+    n, k = a.shape
+    reg = lam * max(n, 1)
+    return np.linalg.solve(a.T @ a + reg * np.eye(k), a.T @ t + reg * np.eye(k))
+
+
+def _adapt_closed_form(artifact: AlignmentArtifact, source, target, config: AdaptConfig) -> dict:
+    w = closed_form_correction(_aligned(artifact, source), artifact.transform_target(target), config.lam)
+    return _fold_output(artifact.kind, artifact.params, w)
+
+
+# ============================================================================ finetune
+def _adapt_finetune(artifact: AlignmentArtifact, source, target, speakers, config: AdaptConfig) -> dict:
+    import torch
+
+    from nessa import losses
+    from nessa.network import TorchAlignment
+
+    if not artifact.kind.startswith("nn-"):
+        raise ValueError(f"finetune needs an nn-* artifact, got {artifact.kind!r}; use method closed_form")
+    arch = artifact.kind[3:]
+    torch.manual_seed(config.seed)
+    model = TorchAlignment(arch, {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in artifact.params.items()})
+    source_params = [(name, p) for name, p in model.named_parameters() if not name.startswith("t_")]
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith("t_"))
+    anchors = {name: p.detach().clone() for name, p in source_params}
+    optimiser = torch.optim.Adam([p for _, p in source_params], lr=config.lr)
+    x = torch.from_numpy(l2_normalise(np.asarray(source, np.float32)))
+    with torch.no_grad():
+        t = torch.nn.functional.normalize(model.target(torch.from_numpy(l2_normalise(np.asarray(target,
+                                                                                                 np.float32)))), dim=1)
+    _, labels = np.unique(np.asarray(speakers).astype(str), return_inverse=True)
+    labels = torch.from_numpy(labels.astype(np.int64))
+    model.train()
+    for _ in range(config.steps):
+        a = torch.nn.functional.normalize(model.source(x), dim=1)
+        loss = config.l2_sp * sum(((p - anchors[name]) ** 2).sum() for name, p in source_params)
+        if config.w_cosine:
+            loss = loss + config.w_cosine * losses.cosine_fidelity(a, t)
+        if config.w_contrastive and len(torch.unique(labels)) > 1:
+            loss = loss + config.w_contrastive * losses.supervised_contrastive(a, t, labels, config.temperature)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    return model.export_params()
+
+
+def adapted_params(artifact: AlignmentArtifact, source, target, speakers, config: AdaptConfig) -> dict:
+    if len(source) == 0:
+        return {k: np.asarray(v).copy() for k, v in artifact.params.items()}
+    method = config.method
+    if method == "auto":
+        method = "finetune" if artifact.kind.startswith("nn-") else "closed_form"
+    if method == "closed_form":
+        return _adapt_closed_form(artifact, source, target, config)
+    return _adapt_finetune(artifact, source, target, speakers, config)
+
+
+def _with_params(artifact: AlignmentArtifact, params: dict, **changes) -> AlignmentArtifact:
+    return dataclasses.replace(artifact, params={k: np.asarray(v, np.float32) for k, v in params.items()}, **changes)
+
+
+# ============================================================================ calibration
+def _gallery_trials(artifact: AlignmentArtifact, source, target, speakers):
+    """Held-out gallery trials: profile = mean of a speaker's vectors (both models), tests =
+    each runtime vector; returns (runtime cos, cross cos, is_target)."""
+    speakers = np.asarray(speakers).astype(str)
+    names = sorted(set(speakers.tolist()))
+    prof_r = l2_normalise(np.stack([np.asarray(source)[speakers == n].mean(axis=0) for n in names]))
+    prof_e = l2_normalise(np.stack([np.asarray(target)[speakers == n].mean(axis=0) for n in names]))
+    runtime = l2_normalise(np.asarray(source, np.float64)) @ prof_r.T
+    cross = artifact.cross_cosine(source, prof_e)
+    return runtime, cross, speakers[:, None] == np.asarray(names)[None, :]
+
+
+def _recalibrate(artifact: AlignmentArtifact, source, target, speakers, config: AdaptConfig):
+    runtime, cross, is_target = _gallery_trials(artifact, source, target, speakers)
+    out = {}
+    for label, features, names in (("calibration", [cross], ("cross_cosine",)),
+                                   ("fusion", [runtime, cross], ("runtime_cosine", "cross_cosine"))):
+        stacked = np.stack([f.ravel() for f in features], axis=1)
+        mask = is_target.ravel()
+        c = cal.fit_logistic_calibration(stacked[mask], stacked[~mask], names)
+        llr = c.llr(*features)
+        parent = artifact.cross_calibration if label == "calibration" else artifact.fused_calibration
+        c = c.with_thresholds(cal.operating_thresholds(llr[is_target], llr[~is_target]), parent.default_threshold)
+        out[label] = c.to_dict()
+    return out
+
+
+# ============================================================================ entry points
+def adapt_artifact(artifact: AlignmentArtifact, source_embeddings, target_embeddings, speaker_ids, *,
+                   config: AdaptConfig | dict | None = None, name: str | None = None) -> AlignmentArtifact:
+    """A new artifact adapted to the gallery's paired embeddings (see the module docstring)."""
+    config = AdaptConfig.from_any(config)
+    source = np.asarray(source_embeddings, dtype=np.float32)
+    target = np.asarray(target_embeddings, dtype=np.float32)
+    speakers = np.asarray(speaker_ids).astype(str)
+    if source.ndim != 2 or source.shape[1] != artifact.source_dim:
+        raise ValueError(f"source embeddings must be (N, {artifact.source_dim}), got {source.shape}")
+    if target.shape != (len(source), artifact.target_dim) or len(speakers) != len(source):
+        raise ValueError(f"need N paired rows: {source.shape}, {target.shape}, {speakers.shape}")
+    names = sorted(set(speakers.tolist()))
+    calibration, fusion, recalibrated = artifact.calibration, artifact.fusion, False
+    if len(names) >= config.min_calibration_speakers:
+        rng = np.random.default_rng(config.seed)
+        held = set(rng.choice(names, size=max(2, int(round(config.calibration_fraction * len(names)))),
+                              replace=False).tolist())
+        fit_rows = ~np.isin(speakers, list(held))
+        partial = _with_params(artifact, adapted_params(artifact, source[fit_rows], target[fit_rows],
+                                                        speakers[fit_rows], config))
+        fitted = _recalibrate(partial, source[~fit_rows], target[~fit_rows], speakers[~fit_rows], config)
+        calibration, fusion, recalibrated = fitted["calibration"], fitted["fusion"], True
+    params = adapted_params(artifact, source, target, speakers, config)
+    digest = hashlib.sha256(source.tobytes() + target.tobytes() + "\n".join(speakers).encode()).hexdigest()
+    resolved = config.method if config.method != "auto" else (
+        "finetune" if artifact.kind.startswith("nn-") else "closed_form")
+    adaptation = {**dataclasses.asdict(config), "resolved_method": resolved,
+                  "parent": artifact.name, "parent_sha256": artifact.sha256,
+                  "n_pairs": int(len(source)), "n_speakers": len(names), "pairs_sha256": digest,
+                  "recalibrated": recalibrated}
+    return _with_params(artifact, params, name=name or f"{artifact.name}+adapted",
+                        config={**artifact.config, "adaptation": adaptation},
+                        calibration=calibration, fusion=fusion,
+                        command=f"nessa align adapt (parent {artifact.name})", created_at=utc_now())
+
+
+def adapt_from_pairs(artifact_dir, source_vecs, target_vecs, speaker_ids, out_dir, name: str | None = None,
+                     config: AdaptConfig | dict | None = None) -> AlignmentArtifact:
+    """Load ``artifact_dir``, adapt on the gallery's pairs, save under ``out_dir``; returns it."""
+    parent = AlignmentArtifact.load(artifact_dir)
+    adapted = adapt_artifact(parent, source_vecs, target_vecs, speaker_ids, config=config, name=name)
+    adapted.save(out_dir)
+    return adapted
+
+
+# ============================================================================ evaluation
+def gallery_systems(artifact: AlignmentArtifact, data, config: AdaptConfig | dict | None = None,
+                    suffix: str = "+adapted") -> list:
+    """``nessa.evaluation.System``s for the *profile* protocol: per draw, the alignment is
+    adapted on that draw's enrollment utterances only (whole utterance + its crops, by both
+    models), then used as ``<artifact><suffix>`` (cross) and ``<artifact><suffix>+fused``.
+
+    The enrollment utterances are found by their full-length vectors in ``data``; their
+    crops (``data.tests``) are the same audio. Do not use with the all-pairs protocol
+    (every utterance is enrolled there, so the adaptation would see the test audio).
+    """
+    from nessa.evaluation import System, _mean_vectors
+
+    config = AdaptConfig.from_any(config)
+    row_of = {np.asarray(v, np.float32).tobytes(): i for i, v in enumerate(data.enroll_full)}
+    cache = {}
+
+    def adapted_for(enroll_groups):
+        rows = [row_of[np.asarray(v, np.float32).tobytes()] for g in enroll_groups for v in g]
+        key = tuple(rows)
+        if key not in cache:
+            src = [data.runtime_full[rows]] + [r[rows] for _, r in data.tests.values()]
+            tgt = [data.enroll_full[rows]] + [e[rows] for e, _ in data.tests.values()]
+            spk = np.tile(data.speakers[rows], 1 + len(data.tests))
+            cache[key] = adapt_artifact(artifact, np.concatenate(src), np.concatenate(tgt), spk, config=config)
+        return cache[key]
+
+    def build_cross(enroll_groups, runtime_groups):
+        adapted = adapted_for(enroll_groups)
+        profiles = _mean_vectors(enroll_groups)
+        return lambda test_e, test_r: adapted.score_cross(adapted.cross_cosine(test_r, profiles))
+
+    def build_fused(enroll_groups, runtime_groups):
+        adapted = adapted_for(enroll_groups)
+        profiles_e, profiles_r = _mean_vectors(enroll_groups), _mean_vectors(runtime_groups)
+        return lambda test_e, test_r: adapted.score_fused(l2_normalise(test_r) @ profiles_r.T,
+                                                          adapted.cross_cosine(test_r, profiles_e))
+
+    def threshold(fused: bool):
+        try:
+            return artifact.threshold(fused=fused)
+        except (KeyError, ValueError):
+            return None
+
+    return [System(f"{artifact.name}{suffix}", build_cross, threshold(False), protocols=("profile",)),
+            System(f"{artifact.name}{suffix}+fused", build_fused, threshold(True), protocols=("profile",))]
+
+
+# ============================================================================ CLI support
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of `nessa align adapt` (pairs from an .npz; the service passes arrays to
+    ``adapt_from_pairs`` directly)."""
+    parser.add_argument("--artifact", required=True, help="parent artifact directory")
+    parser.add_argument("--pairs", required=True,
+                        help=".npz with source (N, d_runtime), target (N, d_enroll), speaker (N,)")
+    parser.add_argument("--out", required=True, help="directory to write <name>/ into")
+    parser.add_argument("--name", default=None, help="default: <parent>+adapted")
+    parser.add_argument("--method", choices=METHODS, default=AdaptConfig.method)
+    parser.add_argument("--lam", type=float, default=AdaptConfig.lam, help="closed form: pull to the identity")
+    parser.add_argument("--steps", type=int, default=AdaptConfig.steps)
+    parser.add_argument("--lr", type=float, default=AdaptConfig.lr)
+    parser.add_argument("--l2-sp", type=float, default=AdaptConfig.l2_sp)
+    parser.add_argument("--min-calibration-speakers", type=int, default=AdaptConfig.min_calibration_speakers)
+    return parser
+
+
+def main_args(args: argparse.Namespace) -> AlignmentArtifact:
+    with np.load(args.pairs, allow_pickle=False) as pairs:
+        source, target, speaker = pairs["source"], pairs["target"], pairs["speaker"]
+    config = AdaptConfig(method=args.method, lam=args.lam, steps=args.steps, lr=args.lr, l2_sp=args.l2_sp,
+                         min_calibration_speakers=args.min_calibration_speakers)
+    adapted = adapt_from_pairs(args.artifact, source, target, speaker, args.out, args.name, config)
+    print(f"wrote {pathlib.Path(args.out) / adapted.name} (parent {adapted.config['adaptation']['parent']}, "
+          f"{len(source)} pairs, {adapted.config['adaptation']['n_speakers']} speakers, "
+          f"recalibrated: {adapted.config['adaptation']['recalibrated']})")
+    return adapted
