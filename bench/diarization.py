@@ -40,13 +40,14 @@ def main(argv=None) -> int:
                                                   / "nessa/artifacts/ridge-ge2e256-to-campplus192-v1"))
     parser.add_argument("--subset", action="append", help="lst subset(s), e.g. development, test")
     parser.add_argument("--method", default="spectral", choices=["spectral", "ahc"])
-    parser.add_argument("--features", default="raw", choices=["raw", "aligned", "concat"])
+    parser.add_argument("--features", default="raw", choices=["raw", "aligned", "concat", "centered"])
     parser.add_argument("--threshold", type=float, default=None)
     parser.add_argument("--window", type=float, default=1.5)
     parser.add_argument("--hop", type=float, default=0.75)
     parser.add_argument("--overlap-detection", action="store_true",
                         help="label overlapped speech with pyannote segmentation-3.0")
-    parser.add_argument("--speech-source", default="silero", choices=["silero", "segmentation", "union"])
+    parser.add_argument("--speech-source", default="segmentation", choices=["silero", "segmentation", "union"],
+                        help="with --overlap-detection (ignored without it)")
     parser.add_argument("--oracle-count", action="store_true", help="pass the true speaker count")
     parser.add_argument("--simulate", type=int, default=0, help="simulate N conversations instead")
     parser.add_argument("--speakers", type=int, nargs="+", default=[2, 3])

@@ -22,7 +22,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def label_shares(reference, hypothesis, enrolled) -> dict:
-    """Frames of reference speech: per reference speaker (correct, total)."""
+    """Frames of reference speech: per reference speaker (correct, total, frames with any
+    hypothesis label)."""
     frame = 0.01
     end = max([s.end for s in reference] + [s.end for s in hypothesis] + [0.0])
     n = int(np.ceil(end / frame)) + 1
@@ -32,15 +33,16 @@ def label_shares(reference, hypothesis, enrolled) -> dict:
             hyp[i].add(s.label)
     out = {}
     for s in reference:
-        ok = tot = 0
+        ok = tot = det = 0
         for i in range(int(round(s.start / frame)), int(round(s.end / frame))):
             tot += 1
+            det += bool(hyp[i])
             if s.label in enrolled:
                 ok += s.label in hyp[i]
             else:
                 ok += any(x.startswith("unknown-") for x in hyp[i])
-        c, t = out.get(s.label, (0, 0))
-        out[s.label] = (c + ok, t + tot)
+        c, t, d = out.get(s.label, (0, 0, 0))
+        out[s.label] = (c + ok, t + tot, d + det)
     return out
 
 
@@ -65,8 +67,7 @@ def main(argv=None) -> int:
     diarizer, _ = build_ours(1, overlap=True, **json.loads(args.config))
     make_simulated(args.folder)
     campplus = CamPlusPlusEmbedder()
-    speakers_all = sorted(p.name for p in source.iterdir() if p.is_dir())
-    enrolled_ok = enrolled_tot = stranger_ok = stranger_tot = 0
+    enrolled_ok = enrolled_tot = stranger_ok = stranger_tot = enrolled_det = stranger_det = 0
     count_ok = thr_ok = n = 0
     for item in folder_items(args.folder):
         meta = json.loads(item.audio.with_suffix(".json").read_text())
@@ -85,11 +86,11 @@ def main(argv=None) -> int:
         shares = label_shares(item.reference, result.segments, set(enrolled))
         row = {"uri": item.uri, "speakers": len(speakers), "hyp": result.num_speakers,
                "names": [s.label for s in result.speakers]}
-        for label, (ok, tot) in shares.items():
+        for label, (ok, tot, det) in shares.items():
             if label in enrolled:
-                enrolled_ok, enrolled_tot = enrolled_ok + ok, enrolled_tot + tot
+                enrolled_ok, enrolled_tot, enrolled_det = enrolled_ok + ok, enrolled_tot + tot, enrolled_det + det
             else:
-                stranger_ok, stranger_tot = stranger_ok + ok, stranger_tot + tot
+                stranger_ok, stranger_tot, stranger_det = stranger_ok + ok, stranger_tot + tot, stranger_det + det
             row[label] = round(ok / max(tot, 1), 3)
         n += 1
         count_ok += result.num_speakers == len(speakers)
@@ -98,6 +99,10 @@ def main(argv=None) -> int:
     report = {"conversations": n, "strangers_per_conversation": args.strangers,
               "enrolled_named_correctly": round(enrolled_ok / max(enrolled_tot, 1), 4),
               "strangers_unknown": round(stranger_ok / max(stranger_tot, 1), 4) if stranger_tot else None,
+              # the same shares over the reference speech the system labelled at all (not missed)
+              "enrolled_named_correctly_of_detected": round(enrolled_ok / max(enrolled_det, 1), 4),
+              "strangers_unknown_of_detected": (round(stranger_ok / max(stranger_det, 1), 4)
+                                                if stranger_tot else None),
               "count_accuracy": round(count_ok / n, 4), "threshold_only_count_accuracy": round(thr_ok / n, 4)}
     print(json.dumps(report, indent=2))
     return 0

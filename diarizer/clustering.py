@@ -91,13 +91,16 @@ def ahc(embeddings: np.ndarray, threshold: float, low: int = 1, high: int | None
     return _relabel_by_first_occurrence(labels - 1), {"threshold_count": count}
 
 
-def affinity_matrix(embeddings: np.ndarray, pruning: float = 0.0) -> np.ndarray:
-    """Cosine affinity in [0, 1]; with pruning p each row keeps its top (1 - p) share."""
+def affinity_matrix(embeddings: np.ndarray, pruning: float = 0.0, max_keep: int | None = None) -> np.ndarray:
+    """Cosine affinity in [0, 1]; with pruning p each row keeps its top (1 - p) share
+    (at most ``max_keep`` neighbours: long recordings with many speakers)."""
     x = _unit(embeddings)
     affinity = np.clip(x @ x.T, 0.0, 1.0)
     n = len(x)
     if pruning > 0 and n > 2:
         keep = max(2, int(round(n * (1.0 - pruning))))
+        if max_keep is not None:
+            keep = max(2, min(keep, max_keep))
         order = np.argsort(-affinity, axis=1)
         pruned = np.zeros_like(affinity)
         rows = np.arange(n)[:, None]
@@ -161,7 +164,7 @@ def _auto_pruning(x: np.ndarray, low: int, high: int):
 
 
 def spectral(embeddings: np.ndarray, low: int = 1, high: int = 8, pruning: float | str = 0.0,
-             seed: int = 0, restarts: int = 10) -> tuple[np.ndarray, dict]:
+             seed: int = 0, restarts: int = 10, max_keep: int | None = None) -> tuple[np.ndarray, dict]:
     """Eigengap speaker count, then k-means on the normalised spectral embedding.
     ``pruning``: share of each row's affinities dropped, or "auto"."""
     x = _unit(embeddings)
@@ -171,7 +174,7 @@ def spectral(embeddings: np.ndarray, low: int = 1, high: int = 8, pruning: float
     if pruning == "auto":
         pruning, k, eigenvalues, vectors = _auto_pruning(x, low, high)
     else:
-        k, eigenvalues, vectors = eigengap_count(affinity_matrix(x, pruning), low, high)
+        k, eigenvalues, vectors = eigengap_count(affinity_matrix(x, pruning, max_keep), low, high)
     info = {"eigengap_count": k, "pruning": round(float(pruning), 3),
             "eigenvalues": [round(float(v), 4) for v in eigenvalues[:10]]}
     if k <= 1:
@@ -195,7 +198,7 @@ def _kmeans(x: np.ndarray, k: int, seed: int, restarts: int) -> np.ndarray:
 
 def cluster(embeddings: np.ndarray, method: str, hints: SpeakerHints, *, threshold: float,
             max_speakers_default: int = 8, pruning: float | str = 0.0, seed: int = 0,
-            max_items: int = 1500) -> tuple[np.ndarray, dict]:
+            max_items: int = 1500, max_keep: int | None = None) -> tuple[np.ndarray, dict]:
     """Labels 0..k-1 (numbered by first occurrence) for each row, and diagnostics.
 
     More than ``max_items`` rows (long recordings): an evenly spaced subset is clustered
@@ -210,7 +213,7 @@ def cluster(embeddings: np.ndarray, method: str, hints: SpeakerHints, *, thresho
         subset = np.unique(np.linspace(0, n - 1, max_items).round().astype(int))
         sub_labels, info = cluster(embeddings[subset], method, hints, threshold=threshold,
                                    max_speakers_default=max_speakers_default, pruning=pruning,
-                                   seed=seed, max_items=max_items)
+                                   seed=seed, max_items=max_items, max_keep=max_keep)
         x = _unit(embeddings)
         centroids = _unit(np.stack([x[subset][sub_labels == c].mean(axis=0)
                                     for c in range(int(sub_labels.max()) + 1)]))
@@ -221,7 +224,7 @@ def cluster(embeddings: np.ndarray, method: str, hints: SpeakerHints, *, thresho
     if method == "ahc":
         labels, info = ahc(embeddings, threshold, low, high)
     else:
-        labels, info = spectral(embeddings, low, high, pruning=pruning, seed=seed)
+        labels, info = spectral(embeddings, low, high, pruning=pruning, seed=seed, max_keep=max_keep)
         # the threshold-only count, kept as a baseline for count-estimation accuracy
         info["threshold_count"] = ahc(embeddings, threshold)[1]["threshold_count"]
     info.update(method=method, count=int(labels.max()) + 1, bounds=[low, high])

@@ -1,8 +1,10 @@
 """The diarization pipeline.
 
-    Silero VAD -> sliding windows over speech -> runtime (GE2E) embeddings, batched
-    -> aligned into the enrollment space with the alignment artifact -> clustering
-    -> frame-level re-segmentation (10 ms) and median smoothing -> naming.
+    speech (the segmentation model's when an overlap detector is given, else Silero VAD)
+    -> sliding windows over speech (cut at local speaker changes, outside overlap)
+    -> runtime (GE2E) embeddings, batched -> clustering (count floored by the segmentation
+    model's local speaker count; near-duplicate clusters merged)
+    -> frame-level re-segmentation (10 ms), median smoothing, overlap second speakers -> naming.
 
 Everything model-like (runtime embedder, artifact, VAD, gallery) is passed in; this
 package never imports ``app``.
@@ -42,6 +44,8 @@ class DiarizerConfig:
     #: row-wise affinity pruning share for spectral clustering (0 = dense). GE2E cosines
     #: are all high (ReLU outputs), so a dense affinity always gives one speaker
     pruning: float | str = 0.7
+    #: at most this many neighbours per affinity row (None: the share alone)
+    pruning_max_keep: int | None = 8
     frame_s: float = 0.01
     #: median filter over frame scores, in frames (odd)
     median_frames: int = 51
@@ -54,26 +58,30 @@ class DiarizerConfig:
     vad_threshold: float = 0.3
     #: with an overlap detector: where speech comes from ("silero", "segmentation" = the
     #: segmentation model's own speech probability, or "union" of both)
-    speech_source: str = "silero"
+    speech_source: str = "segmentation"
     #: overlap probability above which a speech frame gets a second (next-best) speaker
     overlap_threshold: float = 0.5
     #: speech probability threshold on the segmentation model's output
-    seg_speech_threshold: float = 0.5
+    seg_speech_threshold: float = 0.6
     #: hop of the segmentation model's 10-s chunks (None: the detector's own step)
-    segmentation_step_s: float | None = None
+    segmentation_step_s: float | None = 5.0
     #: windows whose mean overlap probability is above this are left out of the clustering
     #: (they still get a cluster: the nearest centroid); None keeps them all
     cluster_overlap_max: float | None = None
     #: lower bound on the speaker count from the segmentation model: the most local
     #: speakers (each the likeliest class for >= local_speaker_min_s) in any 10-s chunk
-    count_floor_from_segmentation: bool = False
+    count_floor_from_segmentation: bool = True
     local_speaker_min_s: float = 1.0
     #: cut the embedding windows at the segmentation model's local speaker changes and
     #: keep them out of overlapped speech (the speech mask itself is not changed)
-    split_at_changes: bool = False
+    split_at_changes: bool = True
     #: after clustering, clusters whose centroids' cosine is above this are merged (most
-    #: similar pair first) while the count stays within the hints; None = never
-    merge_threshold: float | None = None
+    #: similar pair first), never below the segmentation floor / min hint; only with the
+    #: segmentation model (its floor guards against merging real speakers); None = never
+    merge_threshold: float | None = 0.8
+    #: a merge also needs the centroids' cosine above this share of the pair's mean
+    #: window-to-own-centroid cosine (scale-free); None = the absolute threshold alone
+    merge_relative: float | None = None
 
     def validate(self) -> None:
         if self.features not in FEATURES:
@@ -232,10 +240,11 @@ class Diarizer:
                 hints = dataclasses.replace(hints, min_speakers=floor)
         labels, cluster_info = cluster(feats[clean], config.method, hints, threshold=threshold,
                                        max_speakers_default=config.max_speakers,
-                                       pruning=config.pruning, seed=config.seed)
-        if config.merge_threshold is not None and hints.num_speakers is None:
+                                       pruning=config.pruning, seed=config.seed,
+                                       max_keep=config.pruning_max_keep)
+        if config.merge_threshold is not None and floor is not None and hints.num_speakers is None:
             labels, merged = _merge_clusters(feats[clean], labels, config.merge_threshold,
-                                             hints.min_speakers or 1)
+                                             hints.min_speakers or 1, config.merge_relative)
             if merged:
                 cluster_info["merged"] = merged
                 cluster_info["count"] = int(labels.max()) + 1
@@ -353,8 +362,10 @@ class Diarizer:
         return frame_labels, second
 
 
-def _merge_clusters(feats: np.ndarray, labels: np.ndarray, threshold: float, low: int):
-    """Merge the two clusters with the most similar centroids while their cosine > threshold."""
+def _merge_clusters(feats: np.ndarray, labels: np.ndarray, threshold: float, low: int,
+                    relative: float | None = None):
+    """Merge the two clusters with the most similar centroids while their cosine > threshold
+    (and, with ``relative``, > relative x the pair's mean window-to-own-centroid cosine)."""
     labels = labels.copy()
     merged = 0
     while True:
@@ -367,6 +378,10 @@ def _merge_clusters(feats: np.ndarray, labels: np.ndarray, threshold: float, low
         i, j = np.unravel_index(np.argmax(sim), sim.shape)
         if sim[i, j] <= threshold:
             break
+        if relative is not None:
+            within = [float((l2_normalise(feats[labels == ids[m]]) @ centroids[m]).mean()) for m in (i, j)]
+            if sim[i, j] <= relative * float(np.mean(within)):
+                break
         labels[labels == ids[j]] = ids[i]
         merged += 1
     if merged:

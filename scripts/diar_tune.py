@@ -2,7 +2,7 @@
 pyannote-clips train + development, and conversations simulated from Speech Commands
 speakers (scripts/make_sc_concat.py; disjoint from LibriSpeech test-other).
 
-    .venv/bin/python scripts/diar_tune.py '{"speech_source": "segmentation"}' '{...}'
+    VERBOSE=1 .venv/bin/python scripts/diar_tune.py '{}' '{"seg_speech_threshold": 0.5}'
 
 Model outputs (Silero, segmentation, GE2E windows) are cached in memory across configs.
 """
@@ -10,7 +10,6 @@ import hashlib
 import json
 import pathlib
 import sys
-import time
 
 import numpy as np
 import torch
@@ -96,12 +95,12 @@ def main(configs):
                      overlap_detector=None if no_overlap else det)
         line = {"cfg": text}
         for n, rows in sets.items():
-            sc, ok, ok_thr = Scorer(), 0, 0
+            sc, ok = Scorer(), 0
             for it in rows:
                 r = d.diarize(wavs[(n, it.uri)])
                 sc.add(it.uri, it.reference, r.segments, it.uem)
                 ok += int(r.num_speakers == count_speakers(it.reference))
-                if "-v" in sys.argv[0:0] or VERBOSE:
+                if VERBOSE:
                     ci = r.info.get("clustering", {})
                     print(n, it.uri, count_speakers(it.reference), r.num_speakers, ci.get("eigengap_count"),
                           ci.get("threshold_count"), ci.get("segmentation_floor"), r.info["windows"], file=sys.stderr)
