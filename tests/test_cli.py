@@ -68,3 +68,27 @@ def test_bad_setting_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "app.cli", "db", "current"], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "NESSA_PORT" in result.stderr
+
+
+@pytest.mark.data
+def test_simulate_then_diarize_eval(tmp_path, database_url):
+    from tests.conftest import requires_shared_data
+
+    source = requires_shared_data("librispeech", "test-other")
+    run_nessa(["db", "upgrade"], database_url, tmp_path)
+    out = tmp_path / "sim"
+    simulated = run_nessa(["simulate", str(source), "--out", str(out), "--conversations", "1", "--speakers", "2",
+                           "--turns", "6"], database_url, tmp_path)
+    assert "2 speakers" in simulated.stdout
+    rttm = (out / "sim000.rttm").read_text().splitlines()
+    assert rttm and all(line.split()[0] == "SPEAKER" and len(line.split()) == 10 for line in rttm)
+    assert len({line.split()[7] for line in rttm}) == 2
+    report = tmp_path / "report.json"
+    scored = run_nessa(["diarize-eval", str(out), "--json", str(report)], database_url, tmp_path)
+    assert "| sim000 | 2/" in scored.stdout and "real-time factor" in scored.stdout
+    import json
+
+    totals = json.loads(report.read_text())["totals"]
+    assert 0 <= totals["der@0.25"] < 0.5  # two clean speakers: far from chance
+    missing = run_nessa(["diarize-eval", str(tmp_path / "nowhere")], database_url, tmp_path, check_ok=False)
+    assert missing.returncode != 0 and "no such folder" in missing.stderr

@@ -60,16 +60,23 @@ def load_gallery(services, *, enroll_space: str, runtime_space: str, candidates=
     return Gallery(ids, enroll_vectors, runtime_vectors, labels=[str(i) for i in ids]), names
 
 
+def build_diarizer(services, artifact=None):
+    """The service's diarizer: runtime model, active alignment, overlap detection per settings."""
+    from diarizer import Diarizer
+
+    overlap = _overlap_detector() if services.settings.diarize_overlap_detection else None
+    return Diarizer(services.runtime_embedder, artifact or services.alignment.current(), overlap_detector=overlap)
+
+
 def diarize_wav(services, wav: np.ndarray, *, candidates=None, num_speakers=None, min_speakers=None,
                 max_speakers=None, name_against_gallery: bool = True) -> dict:
-    from diarizer import Diarizer, HintError
+    from diarizer import HintError
 
     artifact = services.alignment.current()
     gallery, names = (load_gallery(services, enroll_space=artifact.target_version,
                                    runtime_space=artifact.source_version, candidates=candidates)
                       if name_against_gallery else (None, {}))
-    overlap = _overlap_detector() if services.settings.diarize_overlap_detection else None
-    diarizer = Diarizer(services.runtime_embedder, artifact, overlap_detector=overlap)
+    diarizer = build_diarizer(services, artifact)
     try:
         with _overlap_lock:  # the VAD/segmentation models keep streaming state
             result = diarizer.diarize(wav, gallery=gallery, num_speakers=num_speakers,
