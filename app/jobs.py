@@ -110,25 +110,31 @@ def _worker_lost_message(job: Job) -> str:
     return f"worker lost {job.attempts} times"
 
 
+#: called as on_lost(session, kind, payload) inside the transaction that gives up a job
+#: whose workers kept dying, so the job's subject (e.g. its enrollment) fails atomically
+LostHandler = Callable[[Session, str, dict], None]
+
+
 def claim_next(session_factory: sessionmaker[Session], worker_id: str, *,
-               lease_seconds: float, kinds: Iterable[str] | None = None) -> ClaimedJob | None:
+               lease_seconds: float, kinds: Iterable[str] | None = None,
+               on_lost: LostHandler | None = None) -> ClaimedJob | None:
     """Claim the oldest runnable job (by run_after, then id) for ``worker_id``.
 
     A running job whose lease expired is taken over (its previous attempt counts as a
-    failed one); if it has no attempts left it is marked failed instead and the search
-    goes on. Returns None when nothing is runnable.
+    failed one); if it has no attempts left it is marked failed instead (``on_lost`` runs
+    in that same transaction) and the search goes on. Returns None when nothing is runnable.
     """
     kinds = None if kinds is None else list(kinds)
     if kinds == []:
         return None
     with session_factory() as session:
         if session.get_bind().dialect.name == "postgresql":
-            return _claim_skip_locked(session, worker_id, lease_seconds, kinds)
-        return _claim_compare_and_swap(session, worker_id, lease_seconds, kinds)
+            return _claim_skip_locked(session, worker_id, lease_seconds, kinds, on_lost)
+        return _claim_compare_and_swap(session, worker_id, lease_seconds, kinds, on_lost)
 
 
 def _claim_skip_locked(session: Session, worker_id: str, lease_seconds: float,
-                       kinds: list[str] | None) -> ClaimedJob | None:
+                       kinds: list[str] | None, on_lost: LostHandler | None = None) -> ClaimedJob | None:
     while True:
         now = _now(session)
         job = session.scalars(
@@ -140,6 +146,8 @@ def _claim_skip_locked(session: Session, worker_id: str, lease_seconds: float,
             return None
         if _lost_too_often(job):
             _mark_lost(job, now)
+            if on_lost is not None:
+                on_lost(session, job.kind, dict(job.payload or {}))
             session.commit()
             _log_lost(job)
             continue
@@ -151,7 +159,7 @@ def _claim_skip_locked(session: Session, worker_id: str, lease_seconds: float,
 
 
 def _claim_compare_and_swap(session: Session, worker_id: str, lease_seconds: float,
-                            kinds: list[str] | None) -> ClaimedJob | None:
+                            kinds: list[str] | None, on_lost: LostHandler | None = None) -> ClaimedJob | None:
     for _ in range(_SQLITE_CLAIM_TRIES):
         now = _now(session)
         job = session.scalars(
@@ -170,6 +178,8 @@ def _claim_compare_and_swap(session: Session, worker_id: str, lease_seconds: flo
         updated = session.execute(
             sa.update(Job).where(unchanged).values(**values)
             .execution_options(synchronize_session=False)).rowcount
+        if updated == 1 and give_up and on_lost is not None:
+            on_lost(session, job.kind, dict(job.payload or {}))
         session.commit()
         if updated != 1:
             continue  # another worker changed it first
@@ -340,7 +350,7 @@ class Worker:
 
     def __init__(self, session_factory: sessionmaker[Session], handlers: Mapping[str, Handler], *,
                  worker_id: str | None = None, lease_seconds: float = 30,
-                 poll_seconds: float = 0.5):
+                 poll_seconds: float = 0.5, on_lost: LostHandler | None = None):
         if not handlers:
             raise ValueError("a worker needs at least one handler")
         if lease_seconds <= 0:
@@ -350,6 +360,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease_seconds = float(lease_seconds)
         self.poll_seconds = float(poll_seconds)
+        self.on_lost = on_lost
 
     def run_once(self) -> bool:
         """Claim and run one job. False when there was nothing to run.
@@ -358,7 +369,7 @@ class Worker:
         running until its lease expires and is then claimed again.
         """
         job = claim_next(self.session_factory, self.worker_id, lease_seconds=self.lease_seconds,
-                         kinds=self.handlers)
+                         kinds=self.handlers, on_lost=self.on_lost)
         if job is None:
             return False
         log.info("job %s (%s): attempt %s/%s on %s", job.id, job.kind, job.attempt,

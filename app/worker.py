@@ -25,10 +25,17 @@ def _enrollment_handler(services):
     return handle
 
 
+def _job_lost(session, kind: str, payload: dict) -> None:
+    """A job given up because its workers kept dying: fail its enrollment in the same
+    transaction, so the enrollment never stays 'processing' forever."""
+    if kind == enrollment.ENROLL_JOB:
+        enrollment.fail_enrollment_in(session, payload["enrollment_id"], "the worker was lost on every attempt")
+
+
 def build_worker(services, *, worker_id: str | None = None) -> jobs.Worker:
     handlers = {enrollment.ENROLL_JOB: _enrollment_handler(services),
                 diarization.DIARIZE_JOB: lambda ctx: diarization.process_diarize_job(services, ctx)}
     return jobs.Worker(services.session_factory, handlers,
                        worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}",
                        lease_seconds=services.settings.job_lease_seconds,
-                       poll_seconds=services.settings.worker_poll_seconds)
+                       poll_seconds=services.settings.worker_poll_seconds, on_lost=_job_lost)

@@ -134,10 +134,14 @@ def refresh_profile(session, speaker_id: int, *, space: str, model_version: str)
     session.add(models.GalleryChange(space=space, speaker_id=speaker_id, op="upsert" if rows else "delete"))
 
 
+def fail_enrollment_in(session, enrollment_id: int, error: str) -> None:
+    """Mark an unfinished enrollment failed within the caller's transaction."""
+    session.execute(sa.update(models.Enrollment)
+                    .where(models.Enrollment.id == enrollment_id, models.Enrollment.status != "done")
+                    .values(status="failed", error=error))
+
+
 def mark_enrollment_failed(services, enrollment_id: int, error: str) -> None:
     with services.session() as session:
-        enrollment = session.get(models.Enrollment, enrollment_id)
-        if enrollment is not None and enrollment.status != "done":
-            enrollment.status = "failed"
-            enrollment.error = error
-            session.commit()
+        fail_enrollment_in(session, enrollment_id, error)
+        session.commit()
