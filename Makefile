@@ -25,6 +25,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/strip_
 	$(PIP) install --no-deps -r requirements-nodeps.txt
 	$(PY) scripts/strip_torchaudio_extension.py
 	$(PIP) install --no-deps --no-build-isolation -e .
+	# ONNX versions of the runtime model, derived from the installed GE2E weights (not committed)
+	$(PY) scripts/export_ge2e_onnx.py >/dev/null
 	touch $(STAMP)
 
 run: venv

@@ -13,10 +13,11 @@ onnxruntime's default does, destroys the embedding (cosine ~0.6 to fp32), becaus
 40-d mel *power* input spans many orders of magnitude.
 
 Model files: ``runtime_models/onnx/ge2e-256.onnx`` (fp32) and ``ge2e-256-int8.onnx``
-are committed (5.7 MB and 2.4 MB), built by ``scripts/export_ge2e_onnx.py`` and
-described by ``runtime_models/onnx/manifest.json``. An explicit ``model_path`` wins; when
-the committed file is absent and a ``cache_dir`` is given, the file is rebuilt there from
-the installed resemblyzer weights on first use.
+are derived from the installed resemblyzer weights by ``scripts/export_ge2e_onnx.py``,
+which `make venv` runs (2 s, byte-for-byte deterministic); they are not committed. The
+committed ``runtime_models/onnx/manifest.json`` records their expected checksums. An
+explicit ``model_path`` wins; when the built file is absent and a ``cache_dir`` is given,
+the file is rebuilt there on first use.
 """
 from __future__ import annotations
 
@@ -163,19 +164,19 @@ def build_models(out_dir: str | pathlib.Path, weights_path: str | pathlib.Path |
 
 def locate_model(file_name: str, model_path: str | pathlib.Path | None = None,
                  cache_dir: str | pathlib.Path | None = None) -> pathlib.Path:
-    """The ONNX file to run: an explicit path, else the committed runtime_models/onnx/ file,
+    """The ONNX file to run: an explicit path, else the runtime_models/onnx/ file built at install,
     else (when cache_dir is given) a copy built there from the installed resemblyzer weights."""
     if model_path is not None:
         path = pathlib.Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model {path} not found")
         return path
-    committed = ONNX_DIR / file_name
-    if committed.is_file():
-        return committed
+    built = ONNX_DIR / file_name
+    if built.is_file():
+        return built
     if cache_dir is None:
         raise FileNotFoundError(
-            f"{committed} is missing; run scripts/export_ge2e_onnx.py or pass cache_dir to build it")
+            f"{built} is missing; run `make venv` (scripts/export_ge2e_onnx.py) or pass cache_dir to build it")
     cached = pathlib.Path(cache_dir) / file_name
     if not cached.is_file():
         build_models(cache_dir)

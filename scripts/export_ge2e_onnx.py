@@ -1,4 +1,4 @@
-"""Build the committed ONNX files of the GE2E runtime model from the installed resemblyzer weights.
+"""Build the ONNX files of the GE2E runtime model from the installed resemblyzer weights (run by `make venv`).
 
     .venv/bin/python scripts/export_ge2e_onnx.py [--out runtime_models/onnx] [--check]
 
