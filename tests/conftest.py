@@ -33,6 +33,52 @@ def shared_data() -> pathlib.Path:
     return requires_shared_data()
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Torch on one thread for a module, as the service runs (Settings.torch_threads = 1);
+    keeps model timings sane on a busy machine. Use with pytest.mark.usefixtures."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# Two utterances of each of three test-other speakers: enough to check that an embedder
+# separates speakers, small enough to stay fast.
+TEST_OTHER_SAMPLE = {"1688": "1688-142285", "2033": "2033-164914", "1998": "1998-15444"}
+TEST_OTHER_SAMPLE_UTTERANCES = ("0000", "0001")
+
+
+def load_test_other_sample(samples: slice = slice(None)):
+    """(speaker labels, 16 kHz waveforms[samples]) of the sample above, or skip without data."""
+    from speechcore.audio import load_audio_file
+
+    speakers, wavs = [], []
+    for speaker, prefix in TEST_OTHER_SAMPLE.items():
+        for utterance in TEST_OTHER_SAMPLE_UTTERANCES:
+            path = requires_shared_data("librispeech", "test-other", speaker, f"{prefix}-{utterance}.flac")
+            speakers.append(speaker)
+            wavs.append(load_audio_file(path)[samples])
+    return speakers, wavs
+
+
+def assert_speakers_separate(speakers, vectors, margin: float = 0.2) -> None:
+    """Same-speaker cosines exceed different-speaker ones by `margin` on average, and every
+    utterance's nearest other utterance is its own speaker's."""
+    import numpy as np
+
+    speakers = np.array(speakers)
+    similarity = vectors @ vectors.T
+    same = (speakers[:, None] == speakers[None, :]) & ~np.eye(len(speakers), dtype=bool)
+    different = speakers[:, None] != speakers[None, :]
+    assert similarity[same].mean() > similarity[different].mean() + margin
+    for i in range(len(speakers)):
+        others = np.where(np.arange(len(speakers)) == i, -np.inf, similarity[i])
+        assert speakers[np.argmax(others)] == speakers[i]
+
+
 def _postgres_schema_url(base_url: str) -> tuple[str, str]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     sep = "&" if "?" in base_url else "?"

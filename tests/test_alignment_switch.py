@@ -1,7 +1,6 @@
 """Identification keeps working when a shared-space (two-tower) alignment is activated."""
 from __future__ import annotations
 
-import pathlib
 
 import pytest
 

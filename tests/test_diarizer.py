@@ -5,7 +5,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from diarizer import (Diarizer, DiarizerConfig, Gallery, HintError, Segment, name_clusters,
                       parse_rttm, rttm_lines, validate_hints)
@@ -13,18 +12,11 @@ from diarizer.evaluate import folder_items, naming_accuracy, score_file
 from diarizer.simulate import simulate_conversation
 from tests.conftest import REPO_ROOT, requires_shared_data
 
-pytestmark = pytest.mark.models_only
+pytestmark = [pytest.mark.models_only, pytest.mark.usefixtures("single_torch_thread")]
 
 ARTIFACT_DIR = REPO_ROOT / "nessa" / "artifacts" / "ridge-ge2e256-to-campplus192-v1"
 RTTM_LINE = re.compile(r"^SPEAKER (\S+) 1 (\d+\.\d{3}) (\d+\.\d{3}) <NA> <NA> (\S+) <NA> <NA>$")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

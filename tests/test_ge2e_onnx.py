@@ -5,29 +5,18 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from runtime_models import AVAILABLE
 from runtime_models.ge2e import GE2EEmbedder
 from runtime_models.ge2e_onnx import (FP32_FILE, INT8_FILE, MANIFEST_FILE, ONNX_DIR, GE2EOnnxEmbedder,
                                       GE2EOnnxInt8Embedder, lstm_node_names)
-from speechcore.audio import load_audio_file
 from speechcore.embedder import Embedder, sha256_file
-from tests.conftest import requires_shared_data
+from tests.conftest import assert_speakers_separate, load_test_other_sample
 
-pytestmark = pytest.mark.models_only
+pytestmark = [pytest.mark.models_only, pytest.mark.usefixtures("single_torch_thread")]
 
-SPEAKERS = {"1688": "1688-142285", "2033": "2033-164914", "1998": "1998-15444"}
-UTTERANCES = ("0000", "0001")
 CLASSES = {"ge2e-256-onnx": GE2EOnnxEmbedder, "ge2e-256-onnx-int8": GE2EOnnxInt8Embedder}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +54,7 @@ def synthetic() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def utterances() -> tuple[list[str], list[np.ndarray]]:
-    """Two full utterances of each of three test-other speakers."""
-    speakers, wavs = [], []
-    for speaker, prefix in SPEAKERS.items():
-        for utterance in UTTERANCES:
-            path = requires_shared_data("librispeech", "test-other", speaker, f"{prefix}-{utterance}.flac")
-            speakers.append(speaker)
-            wavs.append(load_audio_file(path))
-    return speakers, wavs
+    return load_test_other_sample()
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -93,7 +75,7 @@ def test_weights_sha256_is_the_onnx_file_hash_and_stable(embedder):
     assert manifest["files"][embedder.weights_path.name]["sha256"] == embedder.weights_sha256
 
 
-def test_committed_files_are_small_and_first_lstm_is_fp32():
+def test_built_files_are_small_and_first_lstm_is_fp32():
     assert (ONNX_DIR / FP32_FILE).stat().st_size < 20e6
     assert (ONNX_DIR / FP32_FILE).stat().st_size + (ONNX_DIR / INT8_FILE).stat().st_size < 30e6
     assert len(lstm_node_names(ONNX_DIR / FP32_FILE)) == 3
@@ -142,19 +124,11 @@ def test_int8_stays_close_to_fp32_on_real_speech(fp32, int8, utterances):
 
 @pytest.mark.data
 def test_same_speaker_is_closer_than_different_speaker(embedder, utterances):
-    speakers = np.array(utterances[0])
-    vectors = embedder.embed(utterances[1])
-    similarity = vectors @ vectors.T
-    same = (speakers[:, None] == speakers[None, :]) & ~np.eye(len(speakers), dtype=bool)
-    different = speakers[:, None] != speakers[None, :]
-    assert similarity[same].mean() > similarity[different].mean() + 0.2
-    for i in range(len(speakers)):
-        others = np.where(np.arange(len(speakers)) == i, -np.inf, similarity[i])
-        assert speakers[np.argmax(others)] == speakers[i]
+    assert_speakers_separate(utterances[0], embedder.embed(utterances[1]))
 
 
-def test_built_into_a_cache_dir_when_not_committed(tmp_path, monkeypatch):
-    """Without the committed files, a caller-given cache dir gets the same bytes."""
+def test_built_into_a_cache_dir_when_not_installed(tmp_path, monkeypatch):
+    """Without the files built at install, a caller-given cache dir gets the same bytes."""
     import runtime_models.ge2e_onnx as module
 
     monkeypatch.setattr(module, "ONNX_DIR", tmp_path / "absent")

@@ -12,18 +12,10 @@ from conftest import REPO_ROOT, requires_shared_data
 from speechcore.audio import load_audio_file, resample
 from speechcore.vad import SileroVAD
 
-pytestmark = pytest.mark.models_only
+pytestmark = [pytest.mark.models_only, pytest.mark.usefixtures("single_torch_thread")]
 
 SPEECH_FLAC = ("librispeech", "test-other", "1688", "1688-142285-0008.flac")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    # as the service runs (Settings.torch_threads = 1); keeps timings sane on a busy machine
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
