@@ -225,9 +225,8 @@ def cmd_diarize(args, settings: Settings) -> int:
             name_against_gallery=args.name_against_gallery)
     except ApiError as exc:
         return _fail(f"{exc.message} {exc.detail}")
-    uri = "_".join(path.stem.split()) or "audio"
     if args.rttm:
-        pathlib.Path(args.rttm).write_text(diarization.rttm_text(body, uri))
+        pathlib.Path(args.rttm).write_text(diarization.rttm_text(body, path.stem))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(body, indent=2))
     for seg in body["segments"]:

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from app.errors import ApiError
-from speechcore.audio import AudioError, decode_audio
+from speechcore.audio import AudioError, DecodedAudio, decode_audio
 
 SAMPLE_RATE = 16000
 
@@ -22,18 +22,23 @@ class PreparedAudio:
     timings_ms: dict
 
 
-def prepare_audio(services, data: bytes, *, min_speech_s: float) -> PreparedAudio:
+def decode_upload(services, data: bytes) -> DecodedAudio:
+    """Size and format checks, then 16 kHz mono; every failure is a 4xx ApiError."""
     settings = services.settings
     if not data:
         raise ApiError(400, "empty_audio", "The uploaded audio file is empty.", {"bytes": 0})
     if len(data) > settings.max_upload_bytes:
         raise ApiError(413, "upload_too_large", "The uploaded file is larger than the limit.",
                        {"bytes": len(data), "max_bytes": settings.max_upload_bytes})
-    t0 = time.perf_counter()
     try:
-        decoded = decode_audio(data, max_seconds=settings.max_audio_seconds)
+        return decode_audio(data, max_seconds=settings.max_audio_seconds)
     except AudioError as exc:
         raise ApiError(exc.http_status, exc.code, exc.message, exc.detail) from exc
+
+
+def prepare_audio(services, data: bytes, *, min_speech_s: float) -> PreparedAudio:
+    t0 = time.perf_counter()
+    decoded = decode_upload(services, data)
     t1 = time.perf_counter()
     speech, speech_s = services.vad.speech_only(decoded.wav)
     t2 = time.perf_counter()

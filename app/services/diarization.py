@@ -16,9 +16,8 @@ import sqlalchemy as sa
 
 from app import jobs, models
 from app.db import FloatVector
-from app.errors import ApiError, bad_request
-from app.services.audio_input import SAMPLE_RATE
-from speechcore.audio import AudioError, decode_audio
+from app.errors import bad_request
+from app.services.audio_input import SAMPLE_RATE, decode_upload
 
 DIARIZE_JOB = "diarize"
 _overlap_lock = threading.Lock()
@@ -97,25 +96,16 @@ def diarize_wav(services, wav: np.ndarray, *, candidates=None, num_speakers=None
 
 
 def rttm_text(body: dict, uri: str = "audio") -> str:
-    lines = []
-    for seg in body["segments"]:
-        label = seg["speaker"]["name"] if seg.get("speaker") and seg["speaker"].get("name") else seg["label"]
-        label = "_".join(str(label).split()) or seg["label"]
-        lines.append(f"SPEAKER {uri} 1 {seg['start']:.3f} {seg['end'] - seg['start']:.3f} <NA> <NA> {label} <NA> <NA>")
-    return "\n".join(lines) + ("\n" if lines else "")
+    """RTTM of a diarization response, naming enrolled speakers by their names."""
+    from diarizer import rttm_lines
+
+    return rttm_lines([{**seg, "label": seg["speaker"]["name"] if (seg.get("speaker") or {}).get("name")
+                        else seg["label"]} for seg in body["segments"]], uri)
 
 
 def submit_or_run(services, data: bytes, **options) -> tuple[int, dict]:
     """Decode and validate; run inline (200) or queue a job (202) for long recordings."""
-    if not data:
-        raise ApiError(400, "empty_audio", "The uploaded audio file is empty.", {"bytes": 0})
-    if len(data) > services.settings.max_upload_bytes:
-        raise ApiError(413, "upload_too_large", "The uploaded file is larger than the limit.",
-                       {"bytes": len(data), "max_bytes": services.settings.max_upload_bytes})
-    try:
-        decoded = decode_audio(data, max_seconds=services.settings.max_audio_seconds)
-    except AudioError as exc:
-        raise ApiError(exc.http_status, exc.code, exc.message, exc.detail) from exc
+    decoded = decode_upload(services, data)
     from diarizer import HintError, validate_hints
 
     try:
