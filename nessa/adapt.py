@@ -30,12 +30,12 @@ import argparse
 import dataclasses
 import hashlib
 import pathlib
-from typing import Sequence
 
 import numpy as np
 
 from nessa import calibration as cal
-from nessa.artifact import KINDS, AlignmentArtifact, utc_now
+from nessa.config import config_from_any
+from nessa.artifact import AlignmentArtifact, utc_now
 from speechcore.embedder import l2_normalise
 
 METHODS = ("auto", "closed_form", "finetune")
@@ -65,11 +65,7 @@ class AdaptConfig:
 
     @classmethod
     def from_any(cls, config) -> "AdaptConfig":
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        return cls(**dict(config))
+        return config_from_any(cls, config, "adaptation")
 
 
 # ============================================================================ closed form

@@ -19,6 +19,7 @@ import numpy as np
 
 from nessa import calibration as cal
 from nessa import metrics
+from nessa.config import config_from_any
 from nessa.artifact import KINDS, AlignmentArtifact, utc_now
 from nessa.data import (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, ChunkSpec, FileEmbeddings,
                         Utterance, default_audio_loader, describe_utterances, embed_corpus,
@@ -74,16 +75,7 @@ class AlignmentConfig:
 
     @classmethod
     def from_any(cls, config: "AlignmentConfig | dict | None") -> "AlignmentConfig":
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = set(config) - known
-        if unknown:
-            raise ValueError(f"unknown alignment config keys {sorted(unknown)}; known: {sorted(known)}")
-        values = {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
-        return cls(**values)
+        return config_from_any(cls, config, "alignment")
 
     def chunk_spec(self, seed: int) -> ChunkSpec:
         return ChunkSpec(chunk_seconds=tuple(self.chunk_seconds), chunks_per_length=self.chunks_per_length,

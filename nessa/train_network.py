@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from nessa import calibration as cal
 from nessa import metrics
+from nessa.config import config_from_any
 from nessa.artifact import AlignmentArtifact, utc_now
 from nessa.data import (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbeddings, Utterance,
                         default_audio_loader, describe_utterances, embed_corpus, list_utterances,
@@ -37,6 +38,15 @@ from speechcore.embedder import l2_normalise
 #: bump when the parameterisation changes, so that old checkpoints are not resumed
 CHECKPOINT_VERSION = 2
 PAIR_ROLES = {"chunks": (ROLE_CHUNK, ROLE_FULL), "all": (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST)}
+
+
+def _normalise_domain_weights(values: dict) -> dict:
+    """domain_weights as sorted (name, weight) pairs, from a dict or a sequence of pairs."""
+    if "domain_weights" in values:
+        weights = values["domain_weights"]
+        items = weights.items() if isinstance(weights, dict) else weights
+        values["domain_weights"] = tuple(sorted((str(k), float(v)) for k, v in items))
+    return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,20 +115,7 @@ class NetworkConfig:
 
     @classmethod
     def from_any(cls, config: "NetworkConfig | dict | None") -> "NetworkConfig":
-        if config is None:
-            return cls()
-        if isinstance(config, cls):
-            return config
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = set(config) - known
-        if unknown:
-            raise ValueError(f"unknown network config keys {sorted(unknown)}; known: {sorted(known)}")
-        values = dict(config)
-        if "domain_weights" in values:
-            dw = values["domain_weights"]
-            items = dw.items() if isinstance(dw, dict) else dw
-            values["domain_weights"] = tuple(sorted((str(k), float(v)) for k, v in items))
-        return cls(**values)
+        return config_from_any(cls, config, "network", prepare=_normalise_domain_weights)
 
     def as_dict(self) -> dict:
         out = dataclasses.asdict(self)

@@ -19,7 +19,6 @@ denominator is at least ``MIN_GAP`` EER points.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Sequence
 
 import numpy as np
@@ -67,7 +66,7 @@ def upgrade_experiment(files: Sequence[FileEmbeddings], data, artifact: Alignmen
         "old: GE2E both sides": lambda ee, er, te, tr: l2_normalise(tr) @ l2_normalise(er).T,
         "new: CAM++ both sides": lambda ee, er, te, tr: l2_normalise(te) @ l2_normalise(ee).T,
         f"(a) CAM++ query → GE2E profile ({kind})": a_cross,
-        f"(a) + old-model fusion": lambda ee, er, te, tr: reverse.fusion.llr(
+        "(a) + old-model fusion": lambda ee, er, te, tr: reverse.fusion.llr(
             l2_normalise(tr) @ l2_normalise(er).T, a_cross(ee, er, te, tr)),
         f"(b) GE2E query → CAM++ profile ({artifact.name})": lambda ee, er, te, tr: artifact.cross_cosine(tr, ee),
         "(b) + fusion (shipped runtime score)": lambda ee, er, te, tr: artifact.score_fused(
