@@ -120,6 +120,17 @@ def database_url(tmp_path, test_database_kind):
         yield url
 
 
+@pytest.fixture
+def session_factory(database_url):
+    """A session factory on a fresh database migrated to head."""
+    from app import db
+
+    db.upgrade(database_url)
+    engine = db.make_engine(database_url)
+    yield db.make_session_factory(engine)
+    engine.dispose()
+
+
 # -- the service under test ----------------------------------------------------------
 class ServiceHarness:
     """A real app (real database, models, index) plus keys and helpers for tests."""

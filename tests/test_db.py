@@ -36,14 +36,6 @@ def _schema_diff(url: str, metadata: sa.MetaData) -> list:
         engine.dispose()
 
 
-@pytest.fixture
-def session_factory(database_url):
-    db.upgrade(database_url)
-    engine = db.make_engine(database_url)
-    yield db.make_session_factory(engine)
-    engine.dispose()
-
-
 def test_upgrade_downgrade_upgrade(database_url):
     assert _tables(database_url) == set()
     assert db.current_revision(database_url) is None

@@ -13,18 +13,10 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from app import db, jobs
+from app import jobs
 from app.models import Job, utcnow
 
 CRASH_WORKER = pathlib.Path(__file__).with_name("crash_worker.py")
-
-
-@pytest.fixture
-def session_factory(database_url):
-    db.upgrade(database_url)
-    engine = db.make_engine(database_url)
-    yield db.make_session_factory(engine)
-    engine.dispose()
 
 
 def _enqueue(session_factory, kind="test", payload=None, **options) -> int:
