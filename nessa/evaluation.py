@@ -576,6 +576,16 @@ def _fmt(value, digits=2) -> str:
     return "–" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
 
 
+def _eer_cell(row: dict) -> str:
+    sd = f" ± {row['eer_sd']:.2f}" if row["eer_sd"] is not None else ""
+    return f"{_fmt(row['eer'])}{sd} ({_fmt(row['min_dcf'], 3)})"
+
+
+def _top1_cell(row: dict) -> str:
+    at = f" ({_fmt(row['top1_at_threshold'], 1)})" if row["top1_at_threshold"] is not None else ""
+    return f"{_fmt(row['top1'], 1)}{at}"
+
+
 @dataclasses.dataclass
 class EvaluationResult:
     rows: list[dict]
@@ -604,32 +614,21 @@ class EvaluationResult:
                       f"EER % (minDCF at p_target {P_TARGET:g}, normalised); "
                       f"{first['n_target']} target / {first['n_nontarget']} non-target trials"
                       + (" per draw" if protocol == "profile" else "") + " per condition.", "", header, rule]
-            for system in self.systems:
-                cells = []
-                for condition in self.conditions:
-                    r = self.row(system, condition, protocol)
-                    sd = f" ± {r['eer_sd']:.2f}" if r["eer_sd"] is not None else ""
-                    cells.append(f"{_fmt(r['eer'])}{sd} ({_fmt(r['min_dcf'], 3)})")
-                lines.append(f"| {system} | " + " | ".join(cells) + " |")
-            lines.append("")
+            lines += self._system_rows(protocol, _eer_cell)
             lines += [f"Fraction of the runtime→enrollment EER gap recovered ({protocol}; "
                       f"shown where the gap ≥ {MIN_GAIN_GAP_POINTS:g} points):", "", header, rule]
-            for system in self.systems:
-                cells = [_fmt(self.row(system, c, protocol)["gain_recovered"]) for c in self.conditions]
-                lines.append(f"| {system} | " + " | ".join(cells) + " |")
-            lines.append("")
+            lines += self._system_rows(protocol, lambda r: _fmt(r["gain_recovered"]))
             if protocol == "profile":
                 lines += ["Top-1 identification % among all profiles (at the system's own threshold, "
                           "where it has one):", "", header, rule]
-                for system in self.systems:
-                    cells = []
-                    for condition in self.conditions:
-                        r = self.row(system, condition, protocol)
-                        at = f" ({_fmt(r['top1_at_threshold'], 1)})" if r["top1_at_threshold"] is not None else ""
-                        cells.append(f"{_fmt(r['top1'], 1)}{at}")
-                    lines.append(f"| {system} | " + " | ".join(cells) + " |")
-                lines.append("")
+                lines += self._system_rows(protocol, _top1_cell)
         return "\n".join(lines)
+
+    def _system_rows(self, protocol: str, cell) -> list[str]:
+        """One markdown row per system, `cell(row)` for each condition, then a blank line."""
+        return [f"| {system} | " + " | ".join(cell(self.row(system, condition, protocol))
+                                              for condition in self.conditions) + " |"
+                for system in self.systems] + [""]
 
     def save_json(self, path: str | os.PathLike) -> None:
         path = pathlib.Path(path)
