@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -215,9 +214,8 @@ def identify():
         missing = sorted(set(candidates) - known)
         if missing:
             raise ApiError(404, "speaker_not_found", "Unknown speaker ids in 'candidates'.", {"ids": missing})
-    started = time.perf_counter()
     result = recognition.identify(services, _audio_bytes(), top_k=top_k, candidates=candidates)
-    _observe_embedding(result, started)
+    _observe_embedding(result)
     return jsonify(result)
 
 
@@ -229,11 +227,11 @@ def verify():
         raise bad_request("invalid_fields", "Missing form field 'speaker_id'.", missing=["speaker_id"])
     speaker_id = _int_field("speaker_id", request.form["speaker_id"])
     result = recognition.verify(_services(), _audio_bytes(), speaker_id=speaker_id)
-    _observe_embedding(result, None)
+    _observe_embedding(result)
     return jsonify(result)
 
 
-def _observe_embedding(result: dict, _started) -> None:
+def _observe_embedding(result: dict) -> None:
     embed_ms = result.get("timings_ms", {}).get("embed")
     if embed_ms is not None:
         metrics = current_app.extensions["nessa_metrics"]

@@ -8,7 +8,7 @@ import logging
 import sqlalchemy as sa
 
 from app import db, models
-from app.model_registry import load_embedder, spec_for
+from app.model_registry import load_embedder, model_identity, spec_for
 from app.services.alignment import ActiveAlignment, register_discovered
 from app.services.gallery import Gallery
 from app.settings import Settings
@@ -75,9 +75,8 @@ class Services:
         row = session.scalar(sa.select(models.ModelVersion).filter_by(name=version))
         if row is None:
             spec = spec_for(version)
-            embedder = load_embedder(version)
             row = models.ModelVersion(name=version, role=spec.role, dim=spec.dim,
-                                      weights_sha256=embedder.weights_sha256, state=state,
+                                      weights_sha256=model_identity(version).weights_sha256, state=state,
                                       details={"entry_point": spec.entry_point, "weights": "/".join(spec.weights),
                                                "licence": spec.licence})
             session.add(row)
