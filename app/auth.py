@@ -44,7 +44,13 @@ def _authenticate(header: str | None):
         row = session.query(ApiKey).filter_by(key_hash=hash_key(key)).one_or_none()
         if row is None or row.revoked_at is not None:
             raise ApiError(401, "unauthorized", "Invalid or revoked API key.")
+        # who did it, for the model registry's audit log
+        g.api_actor = f"api-key:{row.prefix} ({row.name})"
         return row.id, set(row.scopes.split(","))
+
+
+def current_actor() -> str:
+    return g.get("api_actor", "api")
 
 
 def check_scope(scope: str) -> None:

@@ -15,6 +15,18 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def _actor() -> str:
+    """Who runs this command, for the model registry's audit log."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
 def _services(settings: Settings):
     from app.services.container import SchemaNotReady, Services
 
@@ -123,7 +135,7 @@ def cmd_align(args, settings: Settings) -> int:
 
     from app import db
     from app.errors import ApiError
-    from app.services.alignment import activate_artifact, register_artifact
+    from app.services.registry import activate, register_artifact
 
     if args.align_command == "train":
         from app.model_registry import load_embedder
@@ -164,12 +176,11 @@ def cmd_align(args, settings: Settings) -> int:
             return 0
         engine = db.make_engine(url)
         with db.make_session_factory(engine)() as session:
-            register_artifact(session, out_dir / artifact.name)
-            if not args.no_activate:
-                activate_artifact(session, artifact.name)
+            register_artifact(session, out_dir / artifact.name, actor=_actor())
             session.commit()
         engine.dispose()
-        print(f"registered{'' if args.no_activate else ' and activated'} {artifact.name}")
+        print(f"registered {artifact.name}; measure it against the path in force with "
+              f"`nessa models evaluate {artifact.name}`, then `nessa models activate {artifact.name}`")
         return 0
 
     if args.align_command == "learning-curve":
@@ -192,13 +203,13 @@ def cmd_align(args, settings: Settings) -> int:
                 for row in session.scalars(sa.select(models.AlignmentArtifact).order_by(models.AlignmentArtifact.id)):
                     print(f"{row.name}\t{row.source_version} -> {row.target_version}\t{row.state}\t{row.path}")
             elif args.align_command == "register":
-                row = register_artifact(session, pathlib.Path(args.path))
+                row = register_artifact(session, pathlib.Path(args.path), actor=_actor())
                 session.commit()
                 print(f"registered {row.name}")
             elif args.align_command == "activate":
-                activate_artifact(session, args.name)
+                deployment = activate(session, args.name, actor=_actor(), force=args.force)
                 session.commit()
-                print(f"activated {args.name}")
+                print(f"activated {args.name} (deployment {deployment.id})")
     except ApiError as exc:
         return _fail(exc.message)
     finally:
@@ -304,7 +315,7 @@ def _align_adapt(args, settings: Settings) -> int:
     import numpy as np
 
     from app.errors import ApiError
-    from app.services.alignment import activate_artifact, register_artifact
+    from app.services.registry import activate, register_artifact
     from nessa.adapt import AdaptConfig, adapt_from_pairs
 
     values = {f.name: getattr(args, f"adapt_{f.name}") for f in dataclasses.fields(AdaptConfig)
@@ -316,7 +327,7 @@ def _align_adapt(args, settings: Settings) -> int:
     services = _services(settings) if (args.from_gallery or not args.artifact or not args.no_register) else None
     artifact_dir = pathlib.Path(args.artifact) if args.artifact else None
     if artifact_dir is None:
-        artifact_dir = pathlib.Path(services.alignment.current_path())
+        artifact_dir = pathlib.Path(services.paths.current_path())
     if not (artifact_dir / "artifact.json").is_file():
         return _fail(f"no alignment artifact at {artifact_dir}")
     if args.from_gallery:
@@ -341,9 +352,11 @@ def _align_adapt(args, settings: Settings) -> int:
         return 0
     try:
         with services.session() as session:
-            register_artifact(session, out_dir / adapted.name)
+            register_artifact(session, out_dir / adapted.name, actor=_actor())
             if args.activate:
-                activate_artifact(session, adapted.name)
+                # an explicit flag: the adapted child of the path in force replaces it
+                # without a gate run (recorded as forced in the deployment)
+                activate(session, adapted.name, actor=_actor(), force=True)
             session.commit()
     except ApiError as exc:
         return _fail(exc.message)
@@ -479,6 +492,10 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=cmd_simulate)
 
+    from app.cli_models import add_parser as add_models_parser
+
+    add_models_parser(sub)
+
     align = sub.add_parser("align", help="alignment between the runtime and enrollment spaces")
     asub = align.add_subparsers(dest="align_command", required=True)
     train = asub.add_parser("train", help="train an alignment on paired embeddings of real speech")
@@ -492,7 +509,6 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     train.add_argument("--arch", default="ridge", choices=["ridge", "linear", "mlp", "resmlp", "twotower"],
                        help="ridge (closed form) or an alignment network")
     _add_network_flags(train)
-    train.add_argument("--no-activate", action="store_true")
     train.add_argument("--no-register", action="store_true")
     from nessa.learning_curve import add_arguments as add_learning_curve_arguments
 
@@ -522,8 +538,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     asub.add_parser("list")
     reg = asub.add_parser("register")
     reg.add_argument("path")
-    act = asub.add_parser("activate")
+    act = asub.add_parser("activate", help="same as `nessa models activate`")
     act.add_argument("name")
+    act.add_argument("--force", action="store_true", help="skip the evaluation gate")
     align.set_defaults(func=cmd_align)
     return parser
 

@@ -52,6 +52,16 @@ class PermanentJobError(Exception):
     fails at once with this message."""
 
 
+class NotReady(Exception):
+    """Raised by a handler that waits on other jobs (a parent on its children): the job
+    is queued again after ``delay_s`` without spending an attempt, keeping its progress."""
+
+    def __init__(self, delay_s: float = 1.0, progress: float | None = None):
+        super().__init__(f"not ready; again in {delay_s} s")
+        self.delay_s = float(delay_s)
+        self.progress = progress
+
+
 @dataclasses.dataclass(frozen=True)
 class ClaimedJob:
     """What a worker needs to run a job it now holds (a snapshot; the session is gone)."""
@@ -65,12 +75,13 @@ class ClaimedJob:
     lease_expires_at: dt.datetime
 
 
-def enqueue(session: Session, kind: str, payload: dict, *, max_attempts: int = 3) -> Job:
+def enqueue(session: Session, kind: str, payload: dict, *, max_attempts: int = 3,
+            parent_id: int | None = None) -> Job:
     """Add a job to ``session``; it becomes visible to workers when the caller commits."""
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     job = Job(kind=kind, payload=dict(payload), status="queued", attempts=0,
-              max_attempts=max_attempts, run_after=_now(session))
+              max_attempts=max_attempts, run_after=_now(session), parent_id=parent_id)
     session.add(job)
     return job
 
@@ -304,6 +315,29 @@ def fail(session_factory: sessionmaker[Session], job_id: int, worker_id: str, er
         return updated == 1
 
 
+def postpone(session_factory: sessionmaker[Session], job_id: int, worker_id: str, *,
+             delay_s: float, progress: float | None) -> bool:
+    """Queue a job we hold again after ``delay_s``, giving back the attempt it used."""
+    with session_factory() as session:
+        now = _now(session)
+        values: dict[str, Any] = {"status": "queued", "attempts": Job.attempts - 1, "lease_expires_at": None,
+                                  "worker_id": None, "run_after": now + dt.timedelta(seconds=delay_s),
+                                  "heartbeat_at": now}
+        if progress is not None:
+            values["progress"] = float(progress)
+        updated = session.execute(sa.update(Job).where(_held_by(job_id, worker_id)).values(**values)
+                                  .execution_options(synchronize_session=False)).rowcount
+        session.commit()
+        return updated == 1
+
+
+def children_summary(session: Session, parent_id: int) -> dict[str, int]:
+    """How many children of a job are in each status."""
+    rows = session.execute(sa.select(Job.status, sa.func.count()).where(Job.parent_id == parent_id)
+                           .group_by(Job.status)).all()
+    return {status: count for status, count in rows}
+
+
 def _unstorable(result) -> str | None:
     """Why a handler's result cannot go into the JSON column, or None if it can."""
     if result is not None and not isinstance(result, dict):
@@ -385,6 +419,9 @@ class Worker:
             finally:
                 stop_heartbeat.set()
                 beater.join()
+        except NotReady as exc:
+            postpone(self.session_factory, job.id, self.worker_id, delay_s=exc.delay_s, progress=exc.progress)
+            return True
         except PermanentJobError as exc:
             log.error("job %s (%s) failed permanently: %s", job.id, job.kind, exc)
             fail(self.session_factory, job.id, self.worker_id, str(exc) or type(exc).__name__,

@@ -21,7 +21,8 @@ NAMING_CONVENTION = {
 ENROLLMENT_STATUSES = ("queued", "processing", "done", "failed")
 MODEL_ROLES = ("enroll", "runtime")
 MODEL_STATES = ("registered", "evaluated", "active", "retired")
-ARTIFACT_STATES = ("registered", "active", "retired")
+ARTIFACT_STATES = ("registered", "evaluated", "active", "retired")
+DEPLOYMENT_ACTIONS = ("bootstrap", "activate", "rollback")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed")
 GALLERY_OPS = ("upsert", "delete")
 
@@ -119,24 +120,37 @@ class ModelVersion(Base):
     __table_args__ = (
         sa.CheckConstraint(_one_of("role", MODEL_ROLES), name="role"),
         sa.CheckConstraint(_one_of("state", MODEL_STATES), name="state"),
+        # target of the (space, dim) foreign keys of embeddings and profiles: a vector can
+        # only be stored in a space with the dimension of the model that defines it
+        sa.Index("uq_model_versions_name_dim", "name", "dim", unique=True),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    #: e.g. "campplus-192"
+    #: e.g. "campplus-192"; also the name of the embedding space the model defines
     name: Mapped[str] = mapped_column(sa.String(100), unique=True)
     role: Mapped[str] = mapped_column(sa.String(16))
     dim: Mapped[int] = mapped_column(sa.Integer)
     weights_sha256: Mapped[str] = mapped_column(sa.String(64))
     state: Mapped[str] = mapped_column(sa.String(16), default="registered")
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    #: the latest path evaluation that involved this model (see PathEvaluation)
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class Embedding(Base):
+    """One enrollment's vector in one space. Normally produced by the model that defines
+    the space (model_version == space); a *bridged* embedding was produced by an older
+    model and mapped into ``space`` by the alignment ``via_alignment`` (audio not retained)."""
+
     __tablename__ = "embeddings"
     __table_args__ = (
-        sa.UniqueConstraint("enrollment_id", "model_version"),
+        sa.UniqueConstraint("enrollment_id", "space"),
         sa.Index(None, "space", "speaker_id"),
+        sa.ForeignKeyConstraint(["space", "dim"], ["model_versions.name", "model_versions.dim"],
+                                name="fk_embeddings_space_dim_model_versions"),
+        sa.CheckConstraint("model_version = space OR via_alignment IS NOT NULL", name="bridged_has_alignment"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -146,11 +160,13 @@ class Embedding(Base):
         sa.ForeignKey("speakers.id", ondelete="CASCADE"), index=True)
     model_version: Mapped[str] = mapped_column(
         sa.String(100), sa.ForeignKey("model_versions.name"))
-    #: the embedding space the vector lives in (a model's own space or an aligned one)
+    #: the embedding space the vector lives in: the name of the model that defines it
     space: Mapped[str] = mapped_column(sa.String(100))
     dim: Mapped[int] = mapped_column(sa.Integer)
     #: float32, see app.db.FloatVector
     vector: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    #: the alignment artifact that bridged this vector into `space` (None: embedded directly)
+    via_alignment: Mapped[str | None] = mapped_column(sa.String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     enrollment: Mapped[Enrollment] = relationship(back_populates="embeddings")
@@ -162,6 +178,8 @@ class Profile(Base):
         sa.UniqueConstraint("speaker_id", "space"),
         # the gallery of one space is loaded as a whole
         sa.Index(None, "space"),
+        sa.ForeignKeyConstraint(["space", "dim"], ["model_versions.name", "model_versions.dim"],
+                                name="fk_profiles_space_dim_model_versions"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -173,6 +191,8 @@ class Profile(Base):
     #: float32, see app.db.FloatVector
     vector: Mapped[bytes] = mapped_column(sa.LargeBinary)
     n_embeddings: Mapped[int] = mapped_column(sa.Integer)
+    #: how many of those embeddings were bridged from an older space (not re-embedded)
+    n_bridged: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     speaker: Mapped[Speaker] = relationship(back_populates="profiles")
@@ -194,8 +214,66 @@ class AlignmentArtifact(Base):
     threshold: Mapped[float] = mapped_column(sa.Float)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
     config: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    #: the latest path evaluation of this alignment (see PathEvaluation)
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     activated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Deployment(Base):
+    """Append-only history of the runtime path. The row with the highest id is the one
+    in force: exactly one enrollment space and one runtime path (runtime model +
+    alignment into that space) at a time, switched by inserting one row."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        sa.CheckConstraint(_one_of("action", DEPLOYMENT_ACTIONS), name="action"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    enrollment_space: Mapped[str] = mapped_column(sa.String(100), sa.ForeignKey("model_versions.name"))
+    runtime_model: Mapped[str] = mapped_column(sa.String(100), sa.ForeignKey("model_versions.name"))
+    alignment: Mapped[str] = mapped_column(sa.String(200), sa.ForeignKey("alignment_artifacts.name"))
+    action: Mapped[str] = mapped_column(sa.String(16))
+    actor: Mapped[str] = mapped_column(sa.String(200))
+    #: the gate's figures (candidate vs the path it replaced), or why it was overridden
+    gate: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PathEvaluation(Base):
+    """A candidate runtime path measured against the path in force, same trials, same run."""
+
+    __tablename__ = "path_evaluations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    alignment: Mapped[str] = mapped_column(sa.String(200), sa.ForeignKey("alignment_artifacts.name"), index=True)
+    baseline_alignment: Mapped[str | None] = mapped_column(sa.String(200))
+    eval_set: Mapped[dict[str, Any]] = mapped_column(JSONValue)
+    candidate: Mapped[dict[str, Any]] = mapped_column(JSONValue)
+    baseline: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    tolerance: Mapped[dict[str, Any]] = mapped_column(JSONValue)
+    passed: Mapped[bool] = mapped_column(sa.Boolean)
+    actor: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RegistryEvent(Base):
+    """Audit log of the model registry: who changed what, when."""
+
+    __tablename__ = "registry_events"
+    __table_args__ = (sa.Index(None, "subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    actor: Mapped[str] = mapped_column(sa.String(200))
+    #: register, evaluate, activate, rollback, retire, reembed, bootstrap
+    action: Mapped[str] = mapped_column(sa.String(32))
+    #: model, alignment or deployment
+    subject_kind: Mapped[str] = mapped_column(sa.String(16))
+    subject: Mapped[str] = mapped_column(sa.String(200))
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class ApiKey(Base):
@@ -224,6 +302,8 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(sa.String(64))
+    #: a job that fans out into children (e.g. a re-embedding campaign) is their parent
+    parent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONValue)
     status: Mapped[str] = mapped_column(sa.String(16), default="queued")
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)

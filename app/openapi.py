@@ -12,6 +12,7 @@ ERRORS = {
     "401": _error("Missing or invalid API key."),
     "403": _error("The API key lacks the required scope."),
     "404": _error("Unknown id."),
+    "409": _error("Conflicts with the registry's state (gate failed, not evaluated, in use, retired)."),
     "413": _error("Upload larger than the configured limit."),
     "422": _error("Audio too long, or too little speech after voice activity detection."),
 }
@@ -33,8 +34,14 @@ def _json(ref: str, description: str = "OK") -> dict:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
+def _json_body(properties: dict, required_fields: list, *, body_required: bool = True) -> dict:
+    return {"required": body_required, "content": {"application/json": {"schema": {
+        "type": "object", "properties": properties, "required": required_fields}}}}
+
+
 def openapi_document() -> dict:
     secured = [{"bearerAuth": []}]
+    name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     speaker_id = {"name": "speaker_id", "in": "path", "required": True, "schema": {"type": "integer"}}
     return {
         "openapi": "3.1.0",
@@ -157,6 +164,58 @@ def openapi_document() -> dict:
                                                  "400", "401", "403")}},
             "/v1/alignments": {
                 "get": {"summary": "Registered alignment artifacts", "security": secured,
-                        "responses": _responses({"200": {"description": "OK"}}, "401", "403")}},
+                        "responses": _responses({"200": {"description": "OK"}}, "401", "403")},
+                "post": {"summary": "Register an alignment artifact directory (admin)", "security": secured,
+                         "requestBody": _json_body({"path": {"type": "string"}}, ["path"]),
+                         "responses": _responses({"201": {"description": "Registered"}},
+                                                 "400", "401", "403", "404", "409")}},
+            "/v1/alignments/{name}/evaluate": {
+                "post": {"summary": "Measure an alignment's path against the path in force, same trials (admin)",
+                         "security": secured, "parameters": [name_param],
+                         "requestBody": _json_body({"eval_dir": {"type": "string"}, "n_enroll": {"type": "integer"},
+                                                    "max_speakers": {"type": "integer"},
+                                                    "max_queries": {"type": "integer"},
+                                                    "tolerance_eer_points": {"type": "number"},
+                                                    "tolerance_top1_points": {"type": "number"}}, [], body_required=False),
+                         "responses": _responses({"202": {"description": "A job; its result is the evaluation"}},
+                                                 "400", "401", "403", "404")}},
+            "/v1/alignments/{name}/retire": {
+                "post": {"summary": "Retire an alignment that is not in force (admin)", "security": secured,
+                         "parameters": [name_param],
+                         "responses": _responses({"200": {"description": "The registry"}}, "401", "403", "404", "409")}},
+            "/v1/models": {
+                "get": {"summary": "The runtime path in force, model versions and alignments with their states",
+                        "security": secured,
+                        "responses": _responses({"200": {"description": "{active, models, alignments}"}}, "401", "403")},
+                "post": {"summary": "Register an installed model version (admin)", "security": secured,
+                         "requestBody": _json_body({"name": {"type": "string"}}, ["name"]),
+                         "responses": _responses({"201": {"description": "Registered"}}, "400", "401", "403", "404",
+                                                 "409")}},
+            "/v1/models/history": {
+                "get": {"summary": "Deployments and the registry's audit log (admin)", "security": secured,
+                        "responses": _responses({"200": {"description": "{deployments, events}"}}, "401", "403")}},
+            "/v1/models/{name}/reembed": {
+                "post": {"summary": "Re-embed every retained enrollment with a model, in background jobs (admin)",
+                         "security": secured, "parameters": [name_param],
+                         "requestBody": _json_body({"bridge": {"type": "string", "description":
+                                                               "alignment for enrollments without retained audio"}},
+                                                   [], body_required=False),
+                         "responses": _responses({"202": {"description": "The parent job; progress at /v1/jobs/{id}"}},
+                                                 "400", "401", "403", "404", "409")}},
+            "/v1/models/{name}/retire": {
+                "post": {"summary": "Retire a model version not in force; its space's vectors are deleted (admin)",
+                         "security": secured, "parameters": [name_param],
+                         "responses": _responses({"200": {"description": "The registry"}}, "401", "403", "404", "409")}},
+            "/v1/deployments": {
+                "post": {"summary": "Put an alignment's runtime path in force, gated by its evaluation (admin)",
+                         "security": secured,
+                         "requestBody": _json_body({"alignment": {"type": "string"}, "force": {"type": "boolean"}},
+                                                   ["alignment"]),
+                         "responses": _responses({"201": {"description": "The new deployment"}},
+                                                 "400", "401", "403", "404", "409")}},
+            "/v1/deployments/rollback": {
+                "post": {"summary": "Go back to the path in force before the current one (admin)",
+                         "security": secured,
+                         "responses": _responses({"201": {"description": "The new deployment"}}, "401", "403", "409")}},
         },
     }

@@ -7,7 +7,7 @@ import os
 import socket
 
 from app import jobs
-from app.services import diarization, enrollment
+from app.services import diarization, enrollment, model_jobs, reembed
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,10 @@ def _job_lost(session, kind: str, payload: dict) -> None:
 
 def build_worker(services, *, worker_id: str | None = None) -> jobs.Worker:
     handlers = {enrollment.ENROLL_JOB: _enrollment_handler(services),
-                diarization.DIARIZE_JOB: lambda ctx: diarization.process_diarize_job(services, ctx)}
+                diarization.DIARIZE_JOB: lambda ctx: diarization.process_diarize_job(services, ctx),
+                reembed.REEMBED_JOB: lambda ctx: reembed.process_reembed(services, ctx),
+                reembed.REEMBED_BATCH_JOB: lambda ctx: reembed.process_reembed_batch(services, ctx),
+                model_jobs.EVALUATE_JOB: lambda ctx: model_jobs.process_evaluation(services, ctx)}
     return jobs.Worker(services.session_factory, handlers,
                        worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}",
                        lease_seconds=services.settings.job_lease_seconds,

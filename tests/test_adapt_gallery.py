@@ -24,7 +24,7 @@ def test_adapt_from_gallery_registers_an_adapted_alignment(harness):
         for path in [f for f in sorted(speaker.glob("*.flac")) if f.stat().st_size > 150_000][:2]:
             assert harness.upload(path, f"/v1/speakers/{ids[speaker.name]}/enrollments", "enroll").status_code == 202
     harness.drain_jobs()
-    parent = harness.services.alignment.current()
+    parent = harness.services.path().artifact
 
     env = {**os.environ, "NESSA_DATABASE_URL": harness.settings.resolved_database_url,
            "NESSA_DATA_DIR": str(harness.settings.data_dir)}

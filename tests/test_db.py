@@ -14,6 +14,7 @@ from app import db, models
 APP_TABLES = {
     "speakers", "enrollments", "model_versions", "embeddings", "profiles",
     "alignment_artifacts", "api_keys", "jobs", "gallery_changes",
+    "deployments", "path_evaluations", "registry_events",
 }
 
 

@@ -105,7 +105,7 @@ def test_verify_accepts_the_true_speaker_and_rejects_an_impostor(enrolled_servic
     assert g["accepted"] is True and g["score"] >= g["threshold"]
     assert i["accepted"] is False and i["score"] < i["threshold"]
     # the threshold is the one documented in the active artifact
-    artifact = harness.services.alignment.current()
+    artifact = harness.services.path().artifact
     assert g["threshold"] == pytest.approx(artifact.operating_threshold)
 
 

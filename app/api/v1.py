@@ -8,10 +8,10 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import jobs, models
-from app.auth import check_scope, require_any_key, require_scope
+from app.auth import check_scope, current_actor, require_any_key, require_scope
 from app.errors import ApiError, bad_request
 from app.openapi import openapi_document
-from app.services import recognition, speakers as speaker_service
+from app.services import recognition, registry, speakers as speaker_service
 from app.services.enrollment import submit_enrollment
 
 bp = Blueprint("v1", __name__)
@@ -95,9 +95,12 @@ def health():
     services = _services()
     with services.session() as session:
         session.execute(sa.text("SELECT 1"))
+    with services.session() as session:
+        current = registry.deployment_to_dict(registry.current_deployment(session))
     return jsonify({"status": "ok", "index": services.gallery.sizes(),
-                    "enroll_model": services.settings.enroll_model,
-                    "runtime_model": services.settings.runtime_model})
+                    "enroll_model": current["enrollment_space"] if current else None,
+                    "runtime_model": current["runtime_model"] if current else None,
+                    "deployment": current["id"] if current else None})
 
 
 @bp.get("/metrics")
@@ -176,15 +179,19 @@ def enroll(speaker_id: int):
 
 
 # -- jobs --------------------------------------------------------------------------
-def _job_to_dict(job: models.Job) -> dict:
+def _job_to_dict(job: models.Job, children: dict | None = None) -> dict:
     iso = lambda t: t.isoformat() if t else None  # noqa: E731
-    return {"id": job.id, "kind": job.kind, "status": job.status, "attempts": job.attempts,
+    body = {"id": job.id, "kind": job.kind, "status": job.status, "attempts": job.attempts,
             "max_attempts": job.max_attempts, "progress": job.progress, "error": job.error,
-            "result": job.result, "payload": job.payload, "created_at": iso(job.created_at),
-            "started_at": iso(job.started_at), "finished_at": iso(job.finished_at)}
+            "result": job.result, "payload": job.payload, "parent_id": job.parent_id,
+            "created_at": iso(job.created_at), "started_at": iso(job.started_at),
+            "finished_at": iso(job.finished_at)}
+    if children:
+        body["children"] = children
+    return body
 
 
-# Reading a job needs the scope that created it.
+# Reading a job needs the scope that created it (anything else: admin).
 JOB_SCOPES = {"enroll": "enroll", "diarize": "identify"}
 
 
@@ -197,7 +204,7 @@ def get_job(job_id: int):
         check_scope(JOB_SCOPES.get(job.kind, "admin") if job is not None else "enroll")
         if job is None:
             raise ApiError(404, "job_not_found", f"No job with id {job_id}.", {"id": job_id})
-        return jsonify(_job_to_dict(job))
+        return jsonify(_job_to_dict(job, jobs.children_summary(session, job.id)))
 
 
 # -- runtime -----------------------------------------------------------------------
@@ -278,10 +285,133 @@ def create_key():
 @bp.get("/v1/alignments")
 @require_scope("identify")
 def list_alignments():
+    with _services().session() as session:
+        return jsonify({"alignments": registry.models_overview(session)["alignments"]})
+
+
+# -- model registry ------------------------------------------------------------------
+def _name_field(body: dict, field: str) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise bad_request("invalid_field", f"'{field}' must be a non-empty string.", field=field)
+    return value.strip()
+
+
+def _bool_field(body: dict, field: str) -> bool:
+    value = body.get(field, False)
+    if not isinstance(value, bool):
+        raise bad_request("invalid_field", f"'{field}' must be true or false.", field=field)
+    return value
+
+
+@bp.get("/v1/models")
+@require_scope("identify")
+def list_models():
+    with _services().session() as session:
+        return jsonify(registry.models_overview(session))
+
+
+@bp.get("/v1/models/history")
+@require_scope("admin")
+def models_history():
+    limit = _int_field("limit", request.args.get("limit", 100), maximum=1000)
+    with _services().session() as session:
+        return jsonify(registry.history(session, limit))
+
+
+@bp.post("/v1/models")
+@require_scope("admin")
+def register_model():
+    name = _name_field(_json_body({"name"}, {"name"}), "name")
+    with _services().session() as session:
+        registry.register_model(session, name, actor=current_actor())
+        session.commit()
+        return jsonify(registry.models_overview(session)), 201
+
+
+@bp.post("/v1/models/<name>/retire")
+@require_scope("admin")
+def retire_model(name: str):
     services = _services()
     with services.session() as session:
-        rows = session.scalars(sa.select(models.AlignmentArtifact).order_by(models.AlignmentArtifact.id)).all()
-        return jsonify({"alignments": [
-            {"id": r.id, "name": r.name, "source_version": r.source_version, "target_version": r.target_version,
-             "state": r.state, "sha256": r.sha256, "threshold": r.threshold, "metrics": r.metrics}
-            for r in rows]})
+        registry.retire_model(session, name, actor=current_actor())
+        session.commit()
+        body = registry.models_overview(session)
+    services.gallery.sync()
+    return jsonify(body)
+
+
+@bp.post("/v1/models/<name>/reembed")
+@require_scope("admin")
+def reembed_model(name: str):
+    from app.services.reembed import start_reembed
+
+    body = _json_body({"bridge"}, set()) if request.get_data() else {}
+    bridge = _name_field(body, "bridge") if body.get("bridge") is not None else None
+    job = start_reembed(_services(), name, bridge=bridge, actor=current_actor())
+    return jsonify({"job": _job_to_dict(job)}), 202, {"Location": f"/v1/jobs/{job.id}"}
+
+
+@bp.post("/v1/alignments")
+@require_scope("admin")
+def register_alignment():
+    import pathlib
+
+    path = _name_field(_json_body({"path"}, {"path"}), "path")
+    with _services().session() as session:
+        row = registry.register_artifact(session, pathlib.Path(path), actor=current_actor())
+        session.commit()
+        return jsonify({"name": row.name, "state": row.state, "source_version": row.source_version,
+                        "target_version": row.target_version, "sha256": row.sha256}), 201
+
+
+@bp.post("/v1/alignments/<name>/evaluate")
+@require_scope("admin")
+def evaluate_alignment(name: str):
+    from app.services.model_jobs import submit_evaluation
+
+    body = _json_body({"eval_dir", "n_enroll", "max_speakers", "max_queries", "tolerance_eer_points",
+                       "tolerance_top1_points"}, set()) if request.get_data() else {}
+    options = {}
+    for field, maximum in (("n_enroll", 20), ("max_speakers", 100000), ("max_queries", 1000)):
+        if body.get(field) is not None:
+            options[field] = _int_field(field, body[field], maximum=maximum)
+    tolerance = {}
+    for field in ("tolerance_eer_points", "tolerance_top1_points"):
+        if body.get(field) is not None:
+            if not isinstance(body[field], (int, float)) or isinstance(body[field], bool) or body[field] < 0:
+                raise bad_request("invalid_field", f"'{field}' must be a non-negative number.", field=field)
+            tolerance[field.removeprefix("tolerance_")] = float(body[field])
+    eval_dir = _name_field(body, "eval_dir") if body.get("eval_dir") is not None else None
+    job = submit_evaluation(_services(), name, eval_dir=eval_dir, options=options, tolerance=tolerance,
+                            actor=current_actor())
+    return jsonify({"job": _job_to_dict(job)}), 202, {"Location": f"/v1/jobs/{job.id}"}
+
+
+@bp.post("/v1/alignments/<name>/retire")
+@require_scope("admin")
+def retire_alignment(name: str):
+    with _services().session() as session:
+        registry.retire_alignment(session, name, actor=current_actor())
+        session.commit()
+        return jsonify(registry.models_overview(session))
+
+
+@bp.post("/v1/deployments")
+@require_scope("admin")
+def activate_path():
+    body = _json_body({"alignment", "force"}, {"alignment"})
+    alignment, force = _name_field(body, "alignment"), _bool_field(body, "force")
+    with _services().session() as session:
+        deployment = registry.activate(session, alignment, actor=current_actor(), force=force)
+        session.commit()
+        return jsonify(registry.deployment_to_dict(deployment)), 201
+
+
+@bp.post("/v1/deployments/rollback")
+@require_scope("admin")
+def rollback_path():
+    with _services().session() as session:
+        deployment = registry.rollback(session, actor=current_actor())
+        session.commit()
+        return jsonify(registry.deployment_to_dict(deployment)), 201

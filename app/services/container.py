@@ -5,11 +5,9 @@ import contextlib
 import functools
 import logging
 
-import sqlalchemy as sa
-
-from app import db, models
-from app.model_registry import load_embedder, model_identity, spec_for
-from app.services.alignment import ActiveAlignment, register_discovered
+from app import db
+from app.model_registry import load_embedder
+from app.services import registry
 from app.services.gallery import Gallery
 from app.settings import Settings
 
@@ -34,11 +32,13 @@ class Services:
         self._check_schema()
         self.gallery = Gallery(self.session_factory, factory=settings.faiss_factory,
                                use_gpu=settings.faiss_use_gpu)
-        self.alignment = ActiveAlignment(self.session_factory, settings.runtime_model, settings.enroll_model)
+        self.paths = registry.ActivePath(self.session_factory)
         with self.session() as session:
-            register_discovered(session, [settings.bundled_artifacts_dir, settings.artifacts_dir],
-                                source_version=settings.runtime_model, target_version=settings.enroll_model,
-                                default_name=settings.default_alignment)
+            registry.register_discovered(session, [settings.bundled_artifacts_dir, settings.artifacts_dir])
+            # settings choose the models only for a database that has no path in force yet;
+            # after that the database decides (`nessa models activate` / rollback)
+            registry.bootstrap(session, enroll_model=settings.enroll_model, runtime_model=settings.runtime_model,
+                               default_alignment=settings.default_alignment)
             session.commit()
         self.gallery.rebuild()
 
@@ -54,34 +54,29 @@ class Services:
         with self.session_factory() as session:
             yield session
 
-    # Models are loaded lazily: the web process needs only the runtime model and VAD,
-    # the worker needs both embedders.
+    def path(self) -> registry.RuntimePath:
+        """The runtime path in force, as one snapshot: use it for a whole request."""
+        return self.paths.current()
+
+    # Models are loaded lazily and once per process: the web process needs only the
+    # runtime model and VAD, the worker needs the models it embeds with.
+    @staticmethod
+    def embedder(version: str):
+        return load_embedder(version)
+
     @property
     def runtime_embedder(self):
-        return load_embedder(self.settings.runtime_model)
+        return load_embedder(self.path().runtime_model)
 
     @property
     def enroll_embedder(self):
-        return load_embedder(self.settings.enroll_model)
+        return load_embedder(self.path().enrollment_space)
 
     @functools.cached_property
     def vad(self):
         from speechcore.vad import SileroVAD
 
         return SileroVAD()
-
-    def ensure_model_version(self, session, version: str, *, state: str = "active") -> models.ModelVersion:
-        """Record a model version the first time this database sees it."""
-        row = session.scalar(sa.select(models.ModelVersion).filter_by(name=version))
-        if row is None:
-            spec = spec_for(version)
-            row = models.ModelVersion(name=version, role=spec.role, dim=spec.dim,
-                                      weights_sha256=model_identity(version).weights_sha256, state=state,
-                                      details={"entry_point": spec.entry_point, "weights": "/".join(spec.weights),
-                                               "licence": spec.licence})
-            session.add(row)
-            session.flush()
-        return row
 
     def close(self) -> None:
         self.engine.dispose()

@@ -64,14 +64,17 @@ def build_diarizer(services, artifact=None):
     from diarizer import Diarizer
 
     overlap = _overlap_detector() if services.settings.diarize_overlap_detection else None
-    return Diarizer(services.runtime_embedder, artifact or services.alignment.current(), overlap_detector=overlap)
+    if artifact is None:
+        artifact = services.path().artifact
+    return Diarizer(services.embedder(artifact.source_version), artifact, overlap_detector=overlap)
 
 
 def diarize_wav(services, wav: np.ndarray, *, candidates=None, num_speakers=None, min_speakers=None,
                 max_speakers=None, name_against_gallery: bool = True) -> dict:
     from diarizer import HintError
 
-    artifact = services.alignment.current()
+    path = services.path()  # one snapshot for the whole recording
+    artifact = path.artifact
     gallery, names = (load_gallery(services, enroll_space=artifact.target_version,
                                    runtime_space=artifact.source_version, candidates=candidates)
                       if name_against_gallery else (None, {}))
@@ -90,8 +93,7 @@ def diarize_wav(services, wav: np.ndarray, *, candidates=None, num_speakers=None
     for speaker in body.get("speakers", []):
         speaker_id = speaker.pop("speaker_id", None)
         speaker["speaker"] = {"id": int(speaker_id), "name": names.get(int(speaker_id))} if speaker_id is not None else None
-    body["models"] = {"runtime_model": artifact.source_version, "enrollment_space": artifact.target_version,
-                      "alignment": artifact.name}
+    body["models"] = path.versions()
     return body
 
 

@@ -16,6 +16,7 @@ import soundfile as sf
 import sqlalchemy as sa
 
 from app import jobs, models
+from app.services import registry
 from app.db import FloatVector
 from app.services.audio_input import SAMPLE_RATE, prepare_audio
 from app.services.speakers import get_speaker
@@ -61,8 +62,9 @@ def submit_enrollment(services, speaker_id: int, data: bytes):
 
 
 def process_enrollment(services, ctx) -> dict:
-    """Job handler: embed one enrollment with the enrollment model (and the runtime model,
-    for the fused runtime score), store both and refresh the speaker's profiles."""
+    """Job handler: embed one enrollment with every live model version (the enrollment
+    model in force, the runtime model for the fused score, and any model registered for
+    an upgrade in preparation), store the vectors and refresh the speaker's profiles."""
     enrollment_id = ctx.payload["enrollment_id"]
     with services.session() as session:
         enrollment = session.get(models.Enrollment, enrollment_id)
@@ -79,17 +81,22 @@ def process_enrollment(services, ctx) -> dict:
     assert sr == SAMPLE_RATE
     speech, _ = services.vad.speech_only(wav)
     ctx.set_progress(0.1)
-    enroll_model, runtime_model = services.enroll_embedder, services.runtime_embedder
-    vectors = {enroll_model.version: enroll_model.embed([speech])[0]}
-    ctx.set_progress(0.7)
-    vectors[runtime_model.version] = runtime_model.embed([speech])[0]
-    ctx.set_progress(0.9)
+    with services.session() as session:
+        versions = registry.live_model_versions(session)
+    vectors = {}
+    for i, version in enumerate(versions):
+        vectors[version] = services.embedder(version).embed([speech])[0]
+        ctx.set_progress(0.1 + 0.8 * (i + 1) / len(versions))
     with services.session() as session:
         enrollment = session.get(models.Enrollment, enrollment_id)
         if enrollment is None:
             return {"skipped": "enrollment deleted while embedding"}
+        # a model retired while we embedded gets no new vectors
+        retired = set(session.scalars(sa.select(models.ModelVersion.name).where(
+            models.ModelVersion.name.in_(list(vectors)), models.ModelVersion.state == "retired")))
+        vectors = {v: x for v, x in vectors.items() if v not in retired}
         for version in vectors:
-            services.ensure_model_version(session, version)
+            registry.ensure_model(session, version)
         # Re-running after a crash replaces what a previous attempt may have stored.
         session.execute(sa.delete(models.Embedding).filter_by(enrollment_id=enrollment_id))
         for version, vector in vectors.items():
@@ -101,7 +108,7 @@ def process_enrollment(services, ctx) -> dict:
         enrollment.error = None
         session.flush()
         for version in vectors:
-            refresh_profile(session, enrollment.speaker_id, space=version, model_version=version)
+            refresh_profile(session, enrollment.speaker_id, space=version)
         if not services.settings.retain_enrollment_audio:
             enrollment.audio_path = None
         session.commit()
@@ -110,10 +117,11 @@ def process_enrollment(services, ctx) -> dict:
     return {"enrollment_id": enrollment_id, "spaces": sorted(vectors)}
 
 
-def refresh_profile(session, speaker_id: int, *, space: str, model_version: str) -> None:
-    """Profile = L2-normalised mean of the speaker's enrollment embeddings in `space`."""
+def refresh_profile(session, speaker_id: int, *, space: str) -> None:
+    """Profile = L2-normalised mean of the speaker's enrollment embeddings in `space`
+    (the space is named after the model that defines it)."""
     rows = session.execute(
-        sa.select(models.Embedding.dim, models.Embedding.vector)
+        sa.select(models.Embedding.dim, models.Embedding.vector, models.Embedding.via_alignment)
         .join(models.Enrollment, models.Enrollment.id == models.Embedding.enrollment_id)
         .where(models.Embedding.speaker_id == speaker_id, models.Embedding.space == space,
                models.Enrollment.status == "done")).all()
@@ -122,14 +130,15 @@ def refresh_profile(session, speaker_id: int, *, space: str, model_version: str)
         if profile is not None:
             session.delete(profile)
     else:
-        mean = l2_normalise(np.mean([FloatVector.from_bytes(v, d) for d, v in rows], axis=0))
+        mean = l2_normalise(np.mean([FloatVector.from_bytes(v, d) for d, v, _ in rows], axis=0))
         if profile is None:
             profile = models.Profile(speaker_id=speaker_id, space=space)
             session.add(profile)
-        profile.model_version = model_version
+        profile.model_version = space
         profile.dim = int(mean.shape[0])
         profile.vector = FloatVector.to_bytes(mean)
         profile.n_embeddings = len(rows)
+        profile.n_bridged = sum(1 for _, _, via in rows if via)
         profile.updated_at = _now()
     session.add(models.GalleryChange(space=space, speaker_id=speaker_id, op="upsert" if rows else "delete"))
 

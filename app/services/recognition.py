@@ -5,7 +5,9 @@ with a calibrated log-likelihood ratio from the active alignment artifact:
   * "fused": the symmetric runtime score (query vs the profile's runtime-space vector)
     combined with the cross-model score (aligned query vs its enrollment-space vector);
   * "alignment": the cross-model score alone, for profiles without a runtime vector.
-Responses say which path scored each candidate and which model versions were used.
+Responses say how each candidate was scored, whether its profile was bridged from an
+older enrollment space (audio not retained), and which deployment and model versions were
+used (one snapshot of the path in force per request).
 """
 from __future__ import annotations
 
@@ -27,14 +29,16 @@ PRESELECT = 50
 def _embed_query(services, data: bytes):
     prepared = prepare_audio(services, data, min_speech_s=services.settings.min_runtime_speech_seconds)
     timings = dict(prepared.timings_ms)
-    artifact = services.alignment.current()
+    # One snapshot of the path in force for the whole request: a switch happening now
+    # affects the next request, never half of this one.
+    path = services.path()
     t0 = time.perf_counter()
-    query_runtime = services.runtime_embedder.embed([prepared.speech])[0]
+    query_runtime = services.embedder(path.runtime_model).embed([prepared.speech])[0]
     t1 = time.perf_counter()
-    query_aligned = artifact.transform(query_runtime[None, :])[0]
+    query_aligned = path.artifact.transform(query_runtime[None, :])[0]
     t2 = time.perf_counter()
     timings.update(embed=(t1 - t0) * 1e3, align=(t2 - t1) * 1e3)
-    return prepared, artifact, query_runtime, query_aligned, timings
+    return prepared, path, query_runtime, query_aligned, timings
 
 
 def _profiles(session, speaker_ids, space):
@@ -68,12 +72,15 @@ def _check_profiles_untouched(artifact) -> bool:
 
 def _score(session, artifact, query_runtime, query_aligned, speaker_ids):
     """Exact calibrated scores for the given speakers; those without an enrollment-space
-    profile are not scorable and are left out."""
+    profile are not scorable and are left out. Each value: (LLR, scoring path, bridged)."""
     enroll_space, runtime_space = artifact.target_version, artifact.source_version
     enrolled = _profiles(session, speaker_ids, enroll_space)
     runtime = _profiles(session, list(enrolled), runtime_space)
     if not enrolled:
         return {}
+    bridged = set(session.scalars(sa.select(models.Profile.speaker_id).where(
+        models.Profile.space == enroll_space, models.Profile.speaker_id.in_(list(enrolled)),
+        models.Profile.n_bridged > 0)))
     order = list(enrolled)
     # The artifact decides how a profile enters the comparison space (identity for ridge).
     profile_side = artifact.transform_target(np.stack([enrolled[i] for i in order]))
@@ -83,9 +90,9 @@ def _score(session, artifact, query_runtime, query_aligned, speaker_ids):
         cross = float(cross_scores[speaker_id])
         if speaker_id in runtime:
             light = float(np.dot(query_runtime, runtime[speaker_id]))
-            scored[speaker_id] = (float(artifact.score_fused(light, cross)), "fused")
+            scored[speaker_id] = (float(artifact.score_fused(light, cross)), "fused", speaker_id in bridged)
         else:
-            scored[speaker_id] = (float(artifact.score_cross(cross)), "alignment")
+            scored[speaker_id] = (float(artifact.score_cross(cross)), "alignment", speaker_id in bridged)
     return scored
 
 
@@ -95,13 +102,9 @@ def _threshold(artifact, path: str) -> float:
     return float(artifact.threshold(fused=(path == "fused")))
 
 
-def _versions(services, artifact):
-    return {"runtime_model": artifact.source_version, "enrollment_space": artifact.target_version,
-            "alignment": artifact.name}
-
-
 def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | None = None) -> dict:
-    prepared, artifact, query_runtime, query_aligned, timings = _embed_query(services, data)
+    prepared, path, query_runtime, query_aligned, timings = _embed_query(services, data)
+    artifact = path.artifact
     t0 = time.perf_counter()
     gallery = services.gallery
     gallery.sync()
@@ -119,7 +122,7 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
         names = dict(session.execute(
             sa.select(models.Speaker.id, models.Speaker.name).where(models.Speaker.id.in_(list(scored)))).all())
     timings["search"] = (time.perf_counter() - t0) * 1e3
-    ranked = sorted(((s, path, i) for i, (s, path) in scored.items() if i in names), reverse=True)[:top_k]
+    ranked = sorted(((s, how, i, b) for i, (s, how, b) in scored.items() if i in names), reverse=True)[:top_k]
     best = ranked[0] if ranked else None
     threshold = _threshold(artifact, best[1] if best else "fused")
     accepted = best is not None and best[0] >= threshold
@@ -128,9 +131,10 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
         "score": best[0] if best else None,
         "threshold": threshold,
         "scoring": best[1] if best else None,
-        "candidates": [{"id": i, "name": names[i], "score": s, "scoring": path} for s, path, i in ranked],
+        "candidates": [{"id": i, "name": names[i], "score": s, "scoring": how, "bridged_profile": b}
+                       for s, how, i, b in ranked],
         "speech_seconds": round(prepared.speech_s, 3),
-        "models": _versions(services, artifact),
+        "models": path.versions(),
         "timings_ms": {k: round(v, 3) for k, v in timings.items()},
     }
 
@@ -138,7 +142,8 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
 def verify(services, data: bytes, *, speaker_id: int) -> dict:
     with services.session() as session:
         get_speaker(session, speaker_id)
-    prepared, artifact, query_runtime, query_aligned, timings = _embed_query(services, data)
+    prepared, path, query_runtime, query_aligned, timings = _embed_query(services, data)
+    artifact = path.artifact
     with services.session() as session:
         speaker = get_speaker(session, speaker_id)
         scored = _score(session, artifact, query_runtime, query_aligned, [speaker_id])
@@ -147,9 +152,10 @@ def verify(services, data: bytes, *, speaker_id: int) -> dict:
         raise ApiError(409, "speaker_not_enrolled",
                        "This speaker has no completed enrollment yet; wait for its enrollment job.",
                        {"speaker_id": speaker_id})
-    score, path = scored[speaker_id]
-    threshold = _threshold(artifact, path)
-    return {"accepted": score >= threshold, "score": score, "threshold": threshold, "scoring": path,
+    score, how, bridged = scored[speaker_id]
+    threshold = _threshold(artifact, how)
+    return {"accepted": score >= threshold, "score": score, "threshold": threshold, "scoring": how,
+            "bridged_profile": bridged,
             "speaker": {"id": speaker_id, "name": name}, "speech_seconds": round(prepared.speech_s, 3),
-            "models": _versions(services, artifact),
+            "models": path.versions(),
             "timings_ms": {k: round(v, 3) for k, v in timings.items()}}

@@ -1,0 +1,41 @@
+"""Registry work too heavy for a request, run by the job workers: path evaluations."""
+from __future__ import annotations
+
+import pathlib
+
+from app import jobs
+from app.errors import ApiError
+from app.services import registry
+from app.services.path_eval import evaluate_alignment
+
+EVALUATE_JOB = "evaluate-path"
+
+
+def default_eval_dir(settings) -> pathlib.Path:
+    return settings.shared_data_dir / "librispeech" / "test-other"
+
+
+def submit_evaluation(services, alignment: str, *, eval_dir: str | None, options: dict, tolerance: dict,
+                      actor: str):
+    folder = pathlib.Path(eval_dir) if eval_dir else default_eval_dir(services.settings)
+    with services.session() as session:
+        registry.get_artifact_row(session, alignment)  # 404 now rather than in the worker
+        job = jobs.enqueue(session, EVALUATE_JOB, {"alignment": alignment, "eval_dir": str(folder),
+                                                   "options": options, "tolerance": tolerance, "actor": actor},
+                           max_attempts=services.settings.job_max_attempts)
+        session.commit()
+        session.refresh(job)
+        return job
+
+
+def process_evaluation(services, ctx) -> dict:
+    payload = ctx.payload
+    folder = pathlib.Path(payload["eval_dir"])
+    if not folder.is_dir():
+        raise jobs.PermanentJobError(f"no evaluation folder at {folder}")
+    ctx.set_progress(0.05)
+    try:
+        return evaluate_alignment(services, payload["alignment"], folder=folder, actor=payload["actor"],
+                                  tolerance=payload.get("tolerance") or None, **payload.get("options", {}))
+    except ApiError as exc:  # bad input: retrying cannot help
+        raise jobs.PermanentJobError(exc.message) from exc

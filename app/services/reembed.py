@@ -1,0 +1,171 @@
+"""Re-embedding campaigns: give every completed enrollment a vector in a model's space.
+
+`start_reembed` queues one parent job; when a worker runs it, it fans out into batch
+jobs (`reembed-batch`, BATCH_SIZE enrollments each) that any number of workers on any
+number of hosts take from the same queue, then waits for them (the parent re-queues
+itself without spending attempts) and sums up. Everything is idempotent: an enrollment
+that already has a vector in the space is skipped, so a crashed worker's batch is simply
+taken again, and a parent that crashed after fanning out does not fan out twice.
+
+Enrollments whose audio was not retained cannot be embedded again; with a *bridge*
+alignment (old enrollment space -> the new one, trained on paired embeddings) their old
+vector is mapped into the new space and stored as a bridged embedding, which the API
+reports (`bridged_profile`, `n_bridged`).
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import soundfile as sf
+import sqlalchemy as sa
+
+from app import jobs, models
+from app.db import FloatVector
+from app.errors import ApiError
+from app.services import registry
+from app.services.audio_input import SAMPLE_RATE
+from app.services.enrollment import refresh_profile
+
+REEMBED_JOB = "reembed"
+REEMBED_BATCH_JOB = "reembed-batch"
+BATCH_SIZE = 16
+#: how often a parent looks at its children again
+PARENT_POLL_SECONDS = 0.5
+
+
+def _maps_into_space_as_is(artifact) -> bool:
+    """A bridge must produce vectors of the target space itself (ridge-style maps), not of
+    a shared space that transforms both sides."""
+    probe = np.eye(artifact.target_dim, dtype=np.float32)
+    try:
+        return bool(np.allclose(artifact.transform_target(probe), probe, atol=1e-5))
+    except Exception:
+        return False
+
+
+def start_reembed(services, version: str, *, bridge: str | None = None, actor: str) -> models.Job:
+    with services.session() as session:
+        model = registry.ensure_model(session, version, actor=actor)
+        if model.state == "retired":
+            raise ApiError(409, "model_retired", f"model {version!r} is retired; register it again first.",
+                           {"name": version})
+        if bridge is not None:
+            row = registry.get_artifact_row(session, bridge)
+            artifact = services.paths.artifact(row.name, row.path, row.sha256)
+            if artifact.target_version != version:
+                raise ApiError(400, "invalid_bridge", f"bridge {bridge!r} maps into {artifact.target_version!r}, "
+                               f"not {version!r}", {"bridge": bridge, "target": artifact.target_version})
+            if artifact.source_version == version or not _maps_into_space_as_is(artifact):
+                raise ApiError(400, "invalid_bridge", f"bridge {bridge!r} does not map another space into "
+                               f"{version!r} itself (a shared-space alignment cannot bridge)", {"bridge": bridge})
+        job = jobs.enqueue(session, REEMBED_JOB, {"model_version": version, "bridge": bridge},
+                           max_attempts=services.settings.job_max_attempts)
+        session.flush()
+        registry.record_event(session, actor, "reembed", "model", version, job=job.id, bridge=bridge)
+        session.commit()
+        session.refresh(job)
+        return job
+
+
+def _pending_enrollments(session, version: str) -> list[int]:
+    have = sa.select(models.Embedding.enrollment_id).where(models.Embedding.space == version)
+    return list(session.scalars(sa.select(models.Enrollment.id).where(
+        models.Enrollment.status == "done", models.Enrollment.id.not_in(have)).order_by(models.Enrollment.id)))
+
+
+def process_reembed(services, ctx) -> dict:
+    """Parent job: fan out once, then wait for the children and sum up their results."""
+    version, bridge = ctx.payload["model_version"], ctx.payload.get("bridge")
+    with services.session() as session:
+        counts = jobs.children_summary(session, ctx.job_id)
+        if not counts:
+            pending = _pending_enrollments(session, version)
+            for start in range(0, len(pending), BATCH_SIZE):
+                jobs.enqueue(session, REEMBED_BATCH_JOB,
+                             {"model_version": version, "bridge": bridge,
+                              "enrollment_ids": pending[start:start + BATCH_SIZE]},
+                             max_attempts=services.settings.job_max_attempts, parent_id=ctx.job_id)
+            session.commit()
+            counts = jobs.children_summary(session, ctx.job_id)
+        total = sum(counts.values())
+        finished = counts.get("succeeded", 0) + counts.get("failed", 0)
+        if finished < total:
+            # progress = the share of enrollments done, batches count by their own progress
+            running = session.scalars(sa.select(models.Job.progress).where(
+                models.Job.parent_id == ctx.job_id, models.Job.status.in_(["queued", "running"]))).all()
+            done = finished + sum(p or 0.0 for p in running)
+            raise jobs.NotReady(PARENT_POLL_SECONDS, progress=done / total)
+        children = session.scalars(sa.select(models.Job).where(models.Job.parent_id == ctx.job_id)).all()
+        failed = [c for c in children if c.status == "failed"]
+        if failed:
+            raise jobs.PermanentJobError(f"{len(failed)} of {total} batches failed; first error: {failed[0].error}")
+        summary = {"model_version": version, "bridge": bridge, "batches": total}
+        for key in ("embedded", "bridged", "already_done", "not_retained", "gone"):
+            summary[key] = sum(int((c.result or {}).get(key, 0)) for c in children)
+        summary["profiles"] = session.scalar(sa.select(sa.func.count()).select_from(models.Profile)
+                                             .where(models.Profile.space == version))
+        return summary
+
+
+def process_reembed_batch(services, ctx) -> dict:
+    version, bridge = ctx.payload["model_version"], ctx.payload.get("bridge")
+    ids = [int(i) for i in ctx.payload["enrollment_ids"]]
+    with services.session() as session:
+        model = session.scalar(sa.select(models.ModelVersion).filter_by(name=version))
+        if model is None or model.state == "retired":
+            raise jobs.PermanentJobError(f"model {version!r} is not registered or was retired")
+        bridge_artifact = None
+        if bridge:
+            row = registry.get_artifact_row(session, bridge)
+            bridge_artifact = services.paths.artifact(row.name, row.path, row.sha256)
+        done = set(session.scalars(sa.select(models.Embedding.enrollment_id).where(
+            models.Embedding.space == version, models.Embedding.enrollment_id.in_(ids))))
+        rows = session.execute(sa.select(models.Enrollment.id, models.Enrollment.speaker_id,
+                                         models.Enrollment.audio_path, models.Enrollment.status)
+                               .where(models.Enrollment.id.in_(ids))).all()
+        old = {}
+        if bridge_artifact is not None:
+            old = {r.enrollment_id: FloatVector.from_bytes(r.vector, r.dim) for r in session.execute(
+                sa.select(models.Embedding.enrollment_id, models.Embedding.dim, models.Embedding.vector)
+                .where(models.Embedding.enrollment_id.in_(ids),
+                       models.Embedding.space == bridge_artifact.source_version))}
+    embedder = services.embedder(version)
+    counts = {"embedded": 0, "bridged": 0, "already_done": len(done), "not_retained": 0, "gone": 0}
+    new_vectors: dict[int, tuple[int, np.ndarray, str | None, str]] = {}
+    todo = [r for r in rows if r.id not in done and r.status == "done"]
+    counts["gone"] = len(ids) - len(rows)
+    for i, row in enumerate(todo):
+        path = pathlib.Path(row.audio_path) if row.audio_path else None
+        if path is not None and path.exists():
+            wav, sr = sf.read(path, dtype="float32")
+            if sr != SAMPLE_RATE:
+                raise jobs.PermanentJobError(f"stored audio {path} is {sr} Hz, expected {SAMPLE_RATE}")
+            speech, _ = services.vad.speech_only(wav)
+            new_vectors[row.id] = (row.speaker_id, embedder.embed([speech])[0], None, version)
+            counts["embedded"] += 1
+        elif bridge_artifact is not None and row.id in old:
+            bridged = bridge_artifact.transform(old[row.id][None, :])[0]
+            new_vectors[row.id] = (row.speaker_id, bridged, bridge_artifact.name, bridge_artifact.source_version)
+            counts["bridged"] += 1
+        else:
+            counts["not_retained"] += 1
+        ctx.set_progress((i + 1) / max(1, len(todo)))
+    with services.session() as session:
+        speakers = set()
+        present = set(session.scalars(sa.select(models.Enrollment.id).where(
+            models.Enrollment.id.in_(list(new_vectors)), models.Enrollment.status == "done")))
+        have = set(session.scalars(sa.select(models.Embedding.enrollment_id).where(
+            models.Embedding.space == version, models.Embedding.enrollment_id.in_(list(new_vectors)))))
+        for enrollment_id, (speaker_id, vector, via, produced_by) in new_vectors.items():
+            if enrollment_id not in present or enrollment_id in have:
+                continue  # deleted meanwhile, or another worker finished it first
+            session.add(models.Embedding(enrollment_id=enrollment_id, speaker_id=speaker_id,
+                                         model_version=produced_by, space=version, dim=int(vector.shape[0]),
+                                         vector=FloatVector.to_bytes(vector), via_alignment=via))
+            speakers.add(speaker_id)
+        session.flush()
+        for speaker_id in sorted(speakers):
+            refresh_profile(session, speaker_id, space=version)
+        session.commit()
+    return counts
