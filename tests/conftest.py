@@ -154,14 +154,32 @@ class ServiceHarness:
     def headers(self, scope: str = "admin") -> dict:
         return {"Authorization": f"Bearer {self.keys[scope]}"}
 
-    def drain_jobs(self, max_jobs: int = 1000) -> int:
-        """Run queued jobs to completion in this process (what a worker would do)."""
+    def drain_jobs(self, max_jobs: int = 1000, *, wait: bool = False, timeout_s: float = 600) -> int:
+        """Run queued jobs to completion in this process (what a worker would do). With
+        ``wait``, also wait for jobs queued for later (a parent waiting on its children,
+        a retry after backoff) until none is left."""
+        import time
+
+        import sqlalchemy as sa
+
+        from app import models
         from app.worker import build_worker
 
         worker = build_worker(self.services, worker_id="test-worker")
-        done = 0
-        while done < max_jobs and worker.run_once():
-            done += 1
+        done, deadline = 0, time.monotonic() + timeout_s
+        while done < max_jobs:
+            if worker.run_once():
+                done += 1
+                continue
+            if not wait:
+                break
+            with self.services.session() as session:
+                pending = session.scalar(sa.select(sa.func.count()).select_from(models.Job)
+                                         .where(models.Job.status.in_(["queued", "running"])))
+            if not pending:
+                break
+            assert time.monotonic() < deadline, f"{pending} jobs still pending after {timeout_s} s"
+            time.sleep(0.05)
         return done
 
     def create_speaker(self, name: str, **extra) -> int:

@@ -117,8 +117,9 @@ def load_checked(directory: pathlib.Path) -> AlignmentArtifact:
 
 
 def register_artifact(session, directory: pathlib.Path, *, actor: str = SYSTEM_ACTOR) -> models.AlignmentArtifact:
-    """Record an artifact directory (idempotent by name + checksum); its two models are
-    registered with it."""
+    """Record an artifact directory (idempotent by name + checksum). Its models are not
+    registered with it: a registered model gets every new enrollment's vectors, which is
+    an operator's decision (`register_model`), taken implicitly only on activation."""
     directory = pathlib.Path(directory)
     if not (directory / "artifact.json").is_file():
         raise ApiError(404, "artifact_not_found", f"No alignment artifact at {directory}.", {"path": str(directory)})
@@ -132,8 +133,6 @@ def register_artifact(session, directory: pathlib.Path, *, actor: str = SYSTEM_A
         if row.path != str(directory):
             row.path = str(directory)
         return row
-    for version in (artifact.source_version, artifact.target_version):
-        ensure_model(session, version, actor=actor)
     row = models.AlignmentArtifact(
         name=artifact.name, source_version=artifact.source_version,
         target_version=artifact.target_version, path=str(directory), sha256=artifact.sha256,
