@@ -15,6 +15,28 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def _path_in_force(settings: Settings):
+    """The newest deployment of an initialised database, else None (no service needed)."""
+    from app import db
+    from app.services.registry import current_deployment
+
+    url = settings.resolved_database_url
+    try:
+        if db.current_revision(url) != db.head_revision():
+            return None
+    except Exception:
+        return None
+    engine = db.make_engine(url)
+    try:
+        with db.make_session_factory(engine)() as session:
+            row = current_deployment(session)
+            if row is not None:
+                session.expunge(row)
+            return row
+    finally:
+        engine.dispose()
+
+
 def _actor() -> str:
     """Who runs this command, for the model registry's audit log."""
     import getpass
@@ -149,8 +171,10 @@ def cmd_align(args, settings: Settings) -> int:
             return _fail(f"training data not found: {', '.join(missing)}")
         out_dir = pathlib.Path(args.out) if args.out else settings.artifacts_dir
         command = "nessa " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("nessa") else ""
-        source = load_embedder(args.source or settings.runtime_model)
-        target = load_embedder(args.target or settings.enroll_model)
+        # by default: the runtime model and enrollment space of the path in force
+        in_force = _path_in_force(settings)
+        source = load_embedder(args.source or (in_force.runtime_model if in_force else settings.runtime_model))
+        target = load_embedder(args.target or (in_force.enrollment_space if in_force else settings.enroll_model))
         if args.arch == "ridge":
             artifact = train_from_folder(source, target, [str(p) for p in sources], out_dir=out_dir, name=args.name,
                                          seed=args.seed, cache_dir=settings.cache_dir / "embeddings", command=command)
@@ -503,8 +527,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     train.add_argument("--list", action="append", help="file of '<speaker> <path>' lines")
     train.add_argument("--name", required=True)
     train.add_argument("--out", help="output directory (default: <data dir>/artifacts)")
-    train.add_argument("--source", help="runtime model version (default: the configured one)")
-    train.add_argument("--target", help="enrollment model version (default: the configured one)")
+    train.add_argument("--source", help="runtime model version (default: the one in force)")
+    train.add_argument("--target", help="enrollment model version (default: the enrollment space in force)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--arch", default="ridge", choices=["ridge", "linear", "mlp", "resmlp", "twotower"],
                        help="ridge (closed form) or an alignment network")

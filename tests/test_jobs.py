@@ -385,3 +385,35 @@ def test_job_survives_a_killed_worker(session_factory, database_url, tmp_path):
     assert (job.status, job.attempts, job.result) == ("succeeded", 2, {"attempt": 2})
     assert (markers / "finished.2").exists()
     assert not (markers / "finished.1").exists()
+
+
+def test_a_parent_waits_for_its_children_without_spending_attempts(session_factory):
+    """NotReady re-queues the job for later with its attempt given back and its progress
+    kept: a parent job polls its children this way without holding a worker."""
+    calls = []
+
+    def parent(ctx):
+        with session_factory() as session:
+            if not jobs.children_summary(session, ctx.job_id):
+                for _ in range(2):
+                    jobs.enqueue(session, "child", {}, parent_id=ctx.job_id)
+                session.commit()
+            counts = jobs.children_summary(session, ctx.job_id)
+        calls.append(dict(counts))
+        if counts.get("succeeded", 0) < 2:
+            raise jobs.NotReady(0.0, progress=counts.get("succeeded", 0) / 2)
+        return {"children": 2}
+
+    worker = jobs.Worker(session_factory, {"parent": parent, "child": lambda ctx: {"ok": True}})
+    parent_id = _enqueue(session_factory, kind="parent", max_attempts=1)
+    assert worker.run_once()  # fans out, not ready
+    job = _job(session_factory, parent_id)
+    assert (job.status, job.attempts, job.progress) == ("queued", 0, 0.0)
+    for _ in range(10):
+        if not worker.run_once():
+            break
+    job = _job(session_factory, parent_id)
+    assert (job.status, job.attempts, job.result) == ("succeeded", 1, {"children": 2})
+    with session_factory() as session:
+        assert jobs.children_summary(session, parent_id) == {"succeeded": 2}
+    assert calls[0] == {"queued": 2} and calls[-1] == {"succeeded": 2}
