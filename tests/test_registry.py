@@ -13,6 +13,7 @@ from app.services import registry
 
 RIDGE = "ridge-ge2e256-to-campplus192-v1"
 TWO_TOWER = "nessa-twotower-ge2e256-to-campplus192-v1"
+GE2E_BOTH_SIDES = "ridge-ge2e256-to-ge2e256-v1"
 
 
 def _overview(harness, scope="identify"):
@@ -35,6 +36,7 @@ def test_bootstrap_puts_the_configured_path_in_force(harness):
     assert _state(overview, "models", "campplus-192") == "active"
     assert _state(overview, "alignments", harness.settings.default_alignment) == "active"
     assert _state(overview, "alignments", RIDGE) == "registered"
+    assert _state(overview, "alignments", GE2E_BOTH_SIDES) == "registered"
     # bundled artifacts do not register their models (that would embed every enrollment with them)
     assert {m["name"] for m in overview["models"]} == {"ge2e-256", "campplus-192"}
     health = harness.client.get("/v1/health").get_json()
@@ -143,7 +145,7 @@ def test_retire_refuses_what_is_in_force_and_stops_new_vectors(harness):
 
 def test_switching_enrollment_space_needs_every_speaker_there(harness):
     """A path into another enrollment space is refused while enrolled speakers lack a
-    profile there (re-embed or bridge first)."""
+    profile there (re-embed or bridge first), even when its evaluation passed."""
     with harness.services.session() as session:
         speaker = models.Speaker(name="a")
         session.add(speaker)
@@ -151,10 +153,19 @@ def test_switching_enrollment_space_needs_every_speaker_there(harness):
         session.add(models.Profile(speaker_id=speaker.id, space="campplus-192", model_version="campplus-192",
                                    dim=192, vector=FloatVector.to_bytes(np.ones(192, np.float32) / np.sqrt(192)),
                                    n_embeddings=1))
-        registry.ensure_model(session, "ge2e-256")
-        assert registry.space_coverage(session, "ge2e-256", "campplus-192")["missing"] == 1
-        assert registry.space_coverage(session, "campplus-192", "campplus-192")["missing"] == 0
+        session.add(models.PathEvaluation(
+            alignment=GE2E_BOTH_SIDES, baseline_alignment=harness.settings.default_alignment, eval_set={"path": "x"},
+            candidate={"conditions": {}}, baseline={"conditions": {}},
+            tolerance={"eer_points": 0.5, "top1_points": 1.0}, passed=True, actor="test"))
         session.commit()
+    response = harness.client.post("/v1/deployments", json={"alignment": GE2E_BOTH_SIDES}, headers=harness.headers())
+    assert response.status_code == 409, response.get_json()
+    body = response.get_json()
+    assert body["code"] == "space_incomplete" and body["detail"]["missing"] == 1 and body["detail"]["speakers"] == 1
+    forced = harness.client.post("/v1/deployments", json={"alignment": GE2E_BOTH_SIDES, "force": True},
+                                 headers=harness.headers())
+    assert forced.status_code == 201
+    assert forced.get_json()["gate"]["coverage"] == {"speakers": 1, "missing": 1}
 
 
 @pytest.mark.parametrize("space, dim, model_version, via", [

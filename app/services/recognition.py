@@ -112,9 +112,12 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
     hits = gallery.search(artifact.source_version, query_runtime, PRESELECT, restrict_to=restrict)
     if _profiles_untouched(artifact):
         hits += gallery.search(artifact.target_version, query_aligned, PRESELECT, restrict_to=restrict)
-    elif gallery.size(artifact.target_version) <= PRESELECT:
+    elif (gallery.size(artifact.target_version) <= PRESELECT
+          or gallery.size(artifact.source_version) < gallery.size(artifact.target_version)):
         # Shared-space artifact: the enrollment index cannot take the aligned query, so a
-        # small gallery is scored whole; a large one is preselected by the runtime index.
+        # small gallery is scored whole, and so is one whose runtime vectors are still being
+        # re-embedded after a runtime upgrade (the runtime index would miss those speakers);
+        # otherwise the runtime index preselects.
         hits += [(i, 0.0) for i in gallery.ids(artifact.target_version) if restrict is None or i in restrict]
     ids = sorted({speaker_id for speaker_id, _ in hits})
     with services.session() as session:

@@ -18,7 +18,7 @@ def speaker_to_dict(session, speaker: models.Speaker) -> dict:
         "created_at": speaker.created_at.isoformat(),
         "enrollments": [enrollment_to_dict(e) for e in enrollments],
         "profiles": [{"space": p.space, "model_version": p.model_version, "n_embeddings": p.n_embeddings,
-                      "updated_at": p.updated_at.isoformat()} for p in profiles],
+                      "n_bridged": p.n_bridged, "updated_at": p.updated_at.isoformat()} for p in profiles],
         "enrolled": any(p.space for p in profiles),
     }
 
