@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     args = build_parser(settings).parse_args(argv)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("faiss.loader", "alembic.runtime.plugins", "speechbrain.utils.quirks"):
+    for noisy in ("faiss.loader", "alembic.runtime.plugins", "alembic.runtime.migration", "speechbrain.utils.quirks"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return args.func(args, settings)
 

@@ -19,14 +19,15 @@ pytestmark = [pytest.mark.data, pytest.mark.slow]
 OLD_PATH = "ridge-ge2e256-to-ge2e256-v1"            # GE2E both sides (near-identity map, calibrated)
 BRIDGE = "ridge-ge2e256-to-campplus192-v1"          # maps GE2E vectors into the CAM++ space itself
 INT8_PATH = "ridge-ge2e256int8-to-campplus192-v1"   # int8 ONNX GE2E queries vs CAM++ profiles
+TWO_TOWER = "nessa-twotower-ge2e256-to-campplus192-v1"
 #: a step may lose at most this much identification accuracy (points) against the step before
 TOLERANCE = 10.0
 N_SPEAKERS, N_ENROLL, N_TEST = 6, 2, 2
 
 
-def _corpus():
+def _corpus(*alignments):
     root = requires_shared_data("librispeech", "test-other")
-    for name in (OLD_PATH, BRIDGE, INT8_PATH):
+    for name in alignments:
         if not (REPO_ROOT / "nessa" / "artifacts" / name / "artifact.json").is_file():
             pytest.fail(f"bundled alignment {name} is missing")
     speakers = {}
@@ -103,7 +104,7 @@ def _post_models(harness):
 
 
 def test_upgrade_enrollment_then_runtime_model_without_re_enrolling(tmp_path, database_url, monkeypatch, capsys):
-    eval_dir, speakers = _corpus()
+    eval_dir, speakers = _corpus(OLD_PATH, TWO_TOWER, INT8_PATH)
     harness = ServiceHarness(make_settings(tmp_path, database_url, enroll_model="ge2e-256", runtime_model="ge2e-256",
                                            default_alignment=OLD_PATH))
     try:
@@ -137,11 +138,11 @@ def test_upgrade_enrollment_then_runtime_model_without_re_enrolling(tmp_path, da
         assert campplus["profiles"] == N_SPEAKERS and campplus["bridged_profiles"] == 0
         assert overview["active"]["enrollment_space"] == "ge2e-256"  # built beside the old space
 
-        _, deployment = _evaluate_and_activate(harness, "nessa-twotower-ge2e256-to-campplus192-v1", eval_dir)
+        _, deployment = _evaluate_and_activate(harness, TWO_TOWER, eval_dir)
         report["enroll_upgraded"], bodies = _identify_all(harness, speakers, ids)
         assert all(b["models"] == {"deployment": deployment["id"], "runtime_model": "ge2e-256",
                                    "enrollment_space": "campplus-192",
-                                   "alignment": "nessa-twotower-ge2e256-to-campplus192-v1"} for b in bodies)
+                                   "alignment": TWO_TOWER} for b in bodies)
         assert all(c["scoring"] == "fused" for b in bodies for c in b["candidates"])
         assert report["enroll_upgraded"] >= report["old"] - TOLERANCE, report
 
@@ -178,7 +179,7 @@ def test_upgrade_enrollment_then_runtime_model_without_re_enrolling(tmp_path, da
 
 
 def test_enrollment_upgrade_bridges_profiles_without_retained_audio(tmp_path, database_url):
-    _, speakers = _corpus()
+    _, speakers = _corpus(OLD_PATH, BRIDGE)
     harness = ServiceHarness(make_settings(tmp_path, database_url, enroll_model="ge2e-256", runtime_model="ge2e-256",
                                            default_alignment=OLD_PATH, retain_enrollment_audio=False))
     try:
@@ -194,7 +195,7 @@ def test_enrollment_upgrade_bridges_profiles_without_retained_audio(tmp_path, da
         assert refused.status_code == 409 and refused.get_json()["code"] == "not_evaluated"
         # a shared-space alignment cannot bridge
         bad = harness.client.post("/v1/models/campplus-192/reembed",
-                                  json={"bridge": "nessa-twotower-ge2e256-to-campplus192-v1"},
+                                  json={"bridge": TWO_TOWER},
                                   headers=harness.headers())
         assert bad.status_code == 400 and bad.get_json()["code"] == "invalid_bridge"
 
