@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from app import models
 from app.db import FloatVector
 from app.errors import ApiError
+from app.services import registry
 from app.services.audio_input import prepare_audio
 from app.services.speakers import get_speaker
 
@@ -55,19 +56,8 @@ _untouched_by_artifact: dict[int, tuple[object, bool]] = {}
 def _profiles_untouched(artifact) -> bool:
     entry = _untouched_by_artifact.get(id(artifact))
     if entry is None or entry[0] is not artifact:
-        entry = _untouched_by_artifact[id(artifact)] = (artifact, _check_profiles_untouched(artifact))
+        entry = _untouched_by_artifact[id(artifact)] = (artifact, registry.keeps_target_space(artifact))
     return entry[1]
-
-
-def _check_profiles_untouched(artifact) -> bool:
-    """True when the artifact compares aligned queries with the stored enrollment-space
-    vectors as they are (ridge-style maps), so the enrollment index can preselect with
-    the aligned query; shared-space kinds transform the profile side too."""
-    probe = np.eye(artifact.target_dim, dtype=np.float32)
-    try:
-        return bool(np.allclose(artifact.transform_target(probe), probe, atol=1e-5))
-    except Exception:
-        return False
 
 
 def _score(session, artifact, query_runtime, query_aligned, speaker_ids):

@@ -34,16 +34,6 @@ BATCH_SIZE = 16
 PARENT_POLL_SECONDS = 0.5
 
 
-def _maps_into_space_as_is(artifact) -> bool:
-    """A bridge must produce vectors of the target space itself (ridge-style maps), not of
-    a shared space that transforms both sides."""
-    probe = np.eye(artifact.target_dim, dtype=np.float32)
-    try:
-        return bool(np.allclose(artifact.transform_target(probe), probe, atol=1e-5))
-    except Exception:
-        return False
-
-
 def start_reembed(services, version: str, *, bridge: str | None = None, actor: str) -> models.Job:
     with services.session() as session:
         model = registry.ensure_model(session, version, actor=actor)
@@ -56,7 +46,7 @@ def start_reembed(services, version: str, *, bridge: str | None = None, actor: s
             if artifact.target_version != version:
                 raise ApiError(400, "invalid_bridge", f"bridge {bridge!r} maps into {artifact.target_version!r}, "
                                f"not {version!r}", {"bridge": bridge, "target": artifact.target_version})
-            if artifact.source_version == version or not _maps_into_space_as_is(artifact):
+            if artifact.source_version == version or not registry.keeps_target_space(artifact):
                 raise ApiError(400, "invalid_bridge", f"bridge {bridge!r} does not map another space into "
                                f"{version!r} itself (a shared-space alignment cannot bridge)", {"bridge": bridge})
         job = jobs.enqueue(session, REEMBED_JOB, {"model_version": version, "bridge": bridge},

@@ -14,6 +14,7 @@ import logging
 import pathlib
 import threading
 
+import numpy as np
 import sqlalchemy as sa
 
 from app import models
@@ -143,6 +144,18 @@ def register_artifact(session, directory: pathlib.Path, *, actor: str = SYSTEM_A
     record_event(session, actor, "register", "alignment", artifact.name, source=artifact.source_version,
                  target=artifact.target_version, sha256=artifact.sha256, path=str(directory))
     return row
+
+
+def keeps_target_space(artifact) -> bool:
+    """True when the artifact compares aligned queries with enrollment-space vectors as
+    they are (ridge-style maps into the target space): such an artifact can bridge old
+    vectors into that space, and the enrollment index can preselect with an aligned query.
+    Shared-space kinds (two-tower, CCA) transform the profile side too."""
+    probe = np.eye(artifact.target_dim, dtype=np.float32)
+    try:
+        return bool(np.allclose(artifact.transform_target(probe), probe, atol=1e-5))
+    except Exception:
+        return False
 
 
 def get_artifact_row(session, name: str) -> models.AlignmentArtifact:
