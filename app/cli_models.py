@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     ev.add_argument("--n-enroll", type=int, default=3)
     ev.add_argument("--max-speakers", type=int)
     ev.add_argument("--max-queries", type=int, help="test utterances per speaker")
+    ev.add_argument("--crop", type=float, action="append",
+                    help="also test crops of this many seconds (default: 2 and 1; whole utterances always)")
     ev.add_argument("--tolerance-eer", type=float, default=0.5, help="EER points the candidate may lose")
     ev.add_argument("--tolerance-top1", type=float, default=1.0, help="top-1 accuracy points it may lose")
     act = msub.add_parser("activate", help="put an alignment's path in force (gated by its evaluation)")
@@ -168,8 +170,9 @@ def cmd_models(args, settings: Settings) -> int:
             from app.services.path_eval import evaluate_alignment
 
             folder = pathlib.Path(args.eval_dir) if args.eval_dir else default_eval_dir(settings)
+            crops = (None, *args.crop) if args.crop else (None, 2.0, 1.0)
             result = evaluate_alignment(services, args.alignment, folder=folder, actor=_actor(),
-                                        n_enroll=args.n_enroll, max_speakers=args.max_speakers,
+                                        n_enroll=args.n_enroll, crops=crops, max_speakers=args.max_speakers,
                                         max_queries=args.max_queries,
                                         tolerance={"eer_points": args.tolerance_eer,
                                                    "top1_points": args.tolerance_top1})

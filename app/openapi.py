@@ -175,6 +175,7 @@ def openapi_document() -> dict:
                          "requestBody": _json_body({"eval_dir": {"type": "string"}, "n_enroll": {"type": "integer"},
                                                     "max_speakers": {"type": "integer"},
                                                     "max_queries": {"type": "integer"},
+                                                    "crops": {"type": "array", "items": {"type": "number"}},
                                                     "tolerance_eer_points": {"type": "number"},
                                                     "tolerance_top1_points": {"type": "number"}}, [], body_required=False),
                          "responses": _responses({"202": {"description": "A job; its result is the evaluation"}},

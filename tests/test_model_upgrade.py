@@ -86,7 +86,7 @@ def _evaluate_and_activate(harness, alignment, eval_dir):
     """The gate: the candidate path against the path in force on all ten test-other
     speakers (profiles from 2 utterances, 3 queries each, whole and 2-s crops)."""
     job = _post(harness, f"/v1/alignments/{alignment}/evaluate",
-                {"eval_dir": str(eval_dir), "n_enroll": 2, "max_queries": 3, **GATE_TOLERANCE}, status=202)["job"]
+                {"eval_dir": str(eval_dir), "n_enroll": 2, "max_queries": 3, "crops": [2], **GATE_TOLERANCE}, status=202)["job"]
     harness.drain_jobs(wait=True)
     result = _job(harness, job["id"])
     assert result["status"] == "succeeded", result

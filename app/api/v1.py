@@ -370,7 +370,7 @@ def register_alignment():
 def evaluate_alignment(name: str):
     from app.services.model_jobs import submit_evaluation
 
-    body = _json_body({"eval_dir", "n_enroll", "max_speakers", "max_queries", "tolerance_eer_points",
+    body = _json_body({"eval_dir", "n_enroll", "max_speakers", "max_queries", "crops", "tolerance_eer_points",
                        "tolerance_top1_points"}, set()) if request.get_data() else {}
     options = {}
     for field, maximum in (("n_enroll", 20), ("max_speakers", 100000), ("max_queries", 1000)):
@@ -382,6 +382,13 @@ def evaluate_alignment(name: str):
             if not isinstance(body[field], (int, float)) or isinstance(body[field], bool) or body[field] < 0:
                 raise bad_request("invalid_field", f"'{field}' must be a non-negative number.", field=field)
             tolerance[field.removeprefix("tolerance_")] = float(body[field])
+    if body.get("crops") is not None:
+        crops = body["crops"]
+        if (not isinstance(crops, list) or len(crops) > 5
+                or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0.5 <= c <= 30 for c in crops)):
+            raise bad_request("invalid_field", "'crops' must be a list of at most 5 durations in seconds (0.5-30).",
+                              field="crops")
+        options["crops"] = [float(c) for c in crops]
     eval_dir = _name_field(body, "eval_dir") if body.get("eval_dir") is not None else None
     job = submit_evaluation(_services(), name, eval_dir=eval_dir, options=options, tolerance=tolerance,
                             actor=current_actor())

@@ -34,8 +34,11 @@ def process_evaluation(services, ctx) -> dict:
     if not folder.is_dir():
         raise jobs.PermanentJobError(f"no evaluation folder at {folder}")
     ctx.set_progress(0.05)
+    options = dict(payload.get("options", {}))
+    if "crops" in options:  # whole utterances are always a condition
+        options["crops"] = (None, *options["crops"])
     try:
         return evaluate_alignment(services, payload["alignment"], folder=folder, actor=payload["actor"],
-                                  tolerance=payload.get("tolerance") or None, **payload.get("options", {}))
+                                  tolerance=payload.get("tolerance") or None, **options)
     except ApiError as exc:  # bad input: retrying cannot help
         raise jobs.PermanentJobError(exc.message) from exc

@@ -4,9 +4,9 @@ on the same trials, in the same run, scored exactly as the service scores.
 Trials: a `<speaker>/<utterance>` folder (default: LibriSpeech test-other). Each speaker's
 first `n_enroll` utterances make the profile (enrollment-space mean and runtime-space
 mean, as the enrollment job stores them); every other utterance is a query, whole and as a
-seeded crop of each `crops` length. Per condition: EER over all query x profile trials,
-closed-set top-1 accuracy, and the share of queries identified correctly at the path's
-own operating threshold (what /v1/identify returns).
+seeded crop of its speech of each `crops` length (default 2 s and 1 s). Per condition: EER
+over all query x profile trials, closed-set top-1 accuracy, and the share of queries
+identified correctly at the path's own operating threshold (what /v1/identify returns).
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ from speechcore.embedder import l2_normalise
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 DEFAULT_TOLERANCE = {"eer_points": 0.5, "top1_points": 1.0}
+#: query conditions: whole utterances and crops of the speech (short queries are where
+#: runtime paths differ most)
+DEFAULT_CROPS = (None, 2.0, 1.0)
 
 
 def read_eval_folder(folder: pathlib.Path, n_enroll: int, max_speakers: int | None = None,
@@ -58,7 +61,7 @@ def _condition_name(seconds: float | None) -> str:
 
 
 def measure_paths(services, artifacts: list, folder: pathlib.Path, *, n_enroll: int = 3,
-                  crops: tuple = (None, 2.0), max_speakers: int | None = None, max_queries: int | None = None,
+                  crops: tuple = DEFAULT_CROPS, max_speakers: int | None = None, max_queries: int | None = None,
                   seed: int = 0) -> tuple[dict, list[dict]]:
     """Figures for each artifact's path on one shared set of trials."""
     names, files = read_eval_folder(folder, n_enroll, max_speakers, max_queries)
@@ -77,6 +80,9 @@ def measure_paths(services, artifacts: list, folder: pathlib.Path, *, n_enroll: 
                 enroll_speech[name].append(speech)
             else:
                 queries.extend((name, _condition_name(s), _crop(speech, s, rng)) for s in crops)
+        if not enroll_speech[name]:
+            raise ApiError(400, "eval_set_unusable", f"speaker {name!r} has no enrollment utterance with speech",
+                           {"speaker": name})
     embeddings = {}
     for version in versions:
         model = services.embedder(version)
@@ -126,8 +132,8 @@ def gate(candidate: dict, baseline: dict | None, tolerance: dict) -> bool:
 
 
 def evaluate_alignment(services, alignment: str, *, folder: pathlib.Path, actor: str, n_enroll: int = 3,
-                       crops: tuple = (None, 2.0), max_speakers: int | None = None, max_queries: int | None = None,
-                       tolerance: dict | None = None, seed: int = 0) -> dict:
+                       crops: tuple = DEFAULT_CROPS, max_speakers: int | None = None,
+                       max_queries: int | None = None, tolerance: dict | None = None, seed: int = 0) -> dict:
     """Measure `alignment`'s path against the path in force; store the result (and the
     'evaluated' state) so `activate` can apply the gate."""
     tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}
