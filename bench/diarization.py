@@ -27,7 +27,9 @@ def build_diarizer(args):
     if args.overlap_detection:
         from diarizer.overlap import OverlapDetector
         overlap = OverlapDetector()
-    return Diarizer(GE2EEmbedder(), AlignmentArtifact.load(args.artifact), config=config,
+    from bench.diarization_compare import default_artifact_dir
+
+    return Diarizer(GE2EEmbedder(), AlignmentArtifact.load(args.artifact or default_artifact_dir()), config=config,
                     overlap_detector=overlap)
 
 
@@ -36,8 +38,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="folder of audio + RTTM (with .lst/.uem), or <speaker>/<utt> "
                                        "folders with --simulate")
-    parser.add_argument("--artifact", default=str(pathlib.Path(__file__).resolve().parent.parent
-                                                  / "nessa/artifacts/ridge-ge2e256-to-campplus192-v1"))
+    parser.add_argument("--artifact", default=None,
+                        help="alignment artifact folder (default: the service's default alignment)")
     parser.add_argument("--subset", action="append", help="lst subset(s), e.g. development, test")
     parser.add_argument("--method", default="spectral", choices=["spectral", "ahc"])
     parser.add_argument("--features", default="raw", choices=["raw", "aligned", "concat", "centered"])

@@ -69,8 +69,21 @@ def set_items(name: str):
     raise ValueError(f"unknown set {name!r}; known: {SETS}")
 
 
-def build_ours(threads: int = 1, overlap: bool = True, **config):
-    """(diarizer, load seconds): GE2E + artifact + Silero + segmentation model."""
+def default_artifact_dir() -> pathlib.Path:
+    """The alignment the service activates by default (``Settings.default_alignment``, a
+    bundled artifact under nessa/artifacts); ``NESSA_DIARIZE_BENCH_ARTIFACT`` (a folder or a
+    bundled name) overrides it. Naming thresholds come from the artifact itself."""
+    chosen = os.environ.get("NESSA_DIARIZE_BENCH_ARTIFACT")
+    if not chosen:
+        from app.settings import Settings
+        chosen = Settings().default_alignment
+    path = pathlib.Path(chosen)
+    return path if path.is_dir() else ROOT / "nessa" / "artifacts" / chosen
+
+
+def build_ours(threads: int = 1, overlap: bool = True, artifact_dir=None, **config):
+    """(diarizer, load seconds): GE2E + artifact (default: the service's default alignment)
+    + segmentation model (Silero only when the config needs it)."""
     start = time.perf_counter()
     import torch
 
@@ -83,7 +96,7 @@ def build_ours(threads: int = 1, overlap: bool = True, **config):
     if overlap:
         from diarizer.overlap import OverlapDetector
         detector = OverlapDetector()
-    diarizer = Diarizer(GE2EEmbedder(), AlignmentArtifact.load(ROOT / "nessa/artifacts/ridge-ge2e256-to-campplus192-v1"),
+    diarizer = Diarizer(GE2EEmbedder(), AlignmentArtifact.load(artifact_dir or default_artifact_dir()),
                         config=DiarizerConfig(**config), overlap_detector=detector)
     return diarizer, time.perf_counter() - start
 

@@ -97,6 +97,7 @@ def main(argv=None) -> int:
         thr_ok += result.info.get("clustering", {}).get("threshold_count") == len(speakers)
         print(json.dumps(row), file=sys.stderr)
     report = {"conversations": n, "strangers_per_conversation": args.strangers,
+              "artifact": diarizer.artifact.name,
               "enrolled_named_correctly": round(enrolled_ok / max(enrolled_tot, 1), 4),
               "strangers_unknown": round(stranger_ok / max(stranger_tot, 1), 4) if stranger_tot else None,
               # the same shares over the reference speech the system labelled at all (not missed)

@@ -1,10 +1,13 @@
 """The diarization pipeline.
 
-    speech (the segmentation model's when an overlap detector is given, else Silero VAD)
+    speech (the segmentation model's when an overlap detector is given, low-confidence
+    regions dropped; else Silero VAD)
     -> sliding windows over speech (cut at local speaker changes, outside overlap)
     -> runtime (GE2E) embeddings, batched -> clustering (count floored by the segmentation
-    model's local speaker count; near-duplicate clusters merged)
-    -> frame-level re-segmentation (10 ms), median smoothing, overlap second speakers -> naming.
+    model's local speaker count; near-duplicate clusters merged; with a gallery, one more
+    cluster kept when it names one more enrolled person)
+    -> frame-level re-segmentation (10 ms), median smoothing, speech edges widened,
+    overlap second speakers -> naming.
 
 Everything model-like (runtime embedder, artifact, VAD, gallery) is passed in; this
 package never imports ``app``.
@@ -62,7 +65,15 @@ class DiarizerConfig:
     #: overlap probability above which a speech frame gets a second (next-best) speaker
     overlap_threshold: float = 0.5
     #: speech probability threshold on the segmentation model's output
-    seg_speech_threshold: float = 0.6
+    seg_speech_threshold: float = 0.5
+    #: speech regions (runs above seg_speech_threshold) whose highest probability stays below
+    #: this are dropped (isolated low-confidence noise); None keeps them
+    seg_min_peak: float | None = 0.8
+    #: frames whose speech probability is below this (but above seg_speech_threshold) are
+    #: kept only where Silero also hears speech (Silero then runs); None = no Silero check
+    seg_confirm_threshold: float | None = None
+    #: each speech region of the segmentation model is widened by this much on both sides
+    seg_pad_s: float = 0.0
     #: hop of the segmentation model's 10-s chunks (None: the detector's own step)
     segmentation_step_s: float | None = 5.0
     #: windows whose mean overlap probability is above this are left out of the clustering
@@ -82,6 +93,17 @@ class DiarizerConfig:
     #: a merge also needs the centroids' cosine above this share of the pair's mean
     #: window-to-own-centroid cosine (scale-free); None = the absolute threshold alone
     merge_relative: float | None = None
+    #: non-speech gaps shorter than this between two runs of the same speaker are given to
+    #: that speaker (pauses inside a turn); 0 = off
+    fill_gap_s: float = 0.0
+    #: non-speech frames within this distance of a labelled frame take its label (the output
+    #: is widened at speech edges; windows and clustering are unchanged); 0 = off
+    output_pad_s: float = 0.05
+    #: with a gallery (and no num_speakers hint): also cluster into up to this many more
+    #: speakers than estimated and keep the larger count when it names one more distinct
+    #: enrolled person above the artifact's threshold (an under-count merges two people:
+    #: the gallery tells them apart); 0 = off
+    gallery_extra_speakers: int = 1
 
     def validate(self) -> None:
         if self.features not in FEATURES:
@@ -181,7 +203,8 @@ class Diarizer:
         duration = len(wav) / SAMPLE_RATE
         use_segmentation = self.overlap_detector is not None and config.speech_source != "silero"
         speech = []
-        if len(wav) and not (use_segmentation and config.speech_source == "segmentation"):
+        if len(wav) and not (use_segmentation and config.speech_source == "segmentation"
+                             and config.seg_confirm_threshold is None):
             # Silero only where its speech is used (the segmentation model's is enough alone)
             speech = [(s, min(e, duration)) for s, e in self.vad.segments(wav)]
         overlap = None
@@ -192,7 +215,7 @@ class Diarizer:
             timings["overlap_s"] = time.perf_counter() - t_overlap
             if use_segmentation:
                 silero = _mask(speech, len(seg_speech), config.frame_s)
-                mask = seg_speech if config.speech_source == "segmentation" else (seg_speech | silero)
+                mask = self._speech_mask(seg_speech, silero)
                 speech = [(a * config.frame_s, b * config.frame_s)
                           for a, b, on in _runs(mask.astype(int)) if on]
         timings["vad_s"] = time.perf_counter() - t0 - timings.get("overlap_s", 0.0)
@@ -248,6 +271,10 @@ class Diarizer:
             if merged:
                 cluster_info["merged"] = merged
                 cluster_info["count"] = int(labels.max()) + 1
+        if (gallery is not None and config.gallery_extra_speakers > 0 and hints.num_speakers is None
+                and len(gallery.restrict(candidates))):
+            labels = self._gallery_count(feats[clean], raw[clean], labels, hints, threshold, gallery,
+                                         candidates, cluster_info)
         if not clean.all():
             k = int(labels.max()) + 1
             centroids = l2_normalise(np.stack([feats[clean][labels == c].mean(axis=0) for c in range(k)]))
@@ -293,6 +320,37 @@ class Diarizer:
         timings.update({k: round(v, 4) for k, v in timings.items()})
         return DiarizationResult(out_segments, speakers, duration, info)
 
+    def _gallery_count(self, feats, raw, labels, hints, threshold, gallery, candidates, info):
+        """Try k+1, k+2, ... clusters (k = the estimate); keep a larger count only while each
+        step names one more distinct enrolled person (accepted by the artifact's threshold)."""
+        config = self.config
+        high = hints.max_speakers or config.max_speakers
+
+        def named(lab):
+            k = int(lab.max()) + 1
+            centroids = l2_normalise(np.stack([raw[lab == c].mean(axis=0) for c in range(k)]))
+            return sum(n.speaker_id is not None for n in name_clusters(self.artifact, centroids, gallery,
+                                                                       candidates))
+
+        best, best_named = labels, named(labels)
+        k = int(labels.max()) + 1
+        for extra in range(1, config.gallery_extra_speakers + 1):
+            if k + extra > min(high, len(feats)):
+                break
+            alt, _ = cluster(feats, config.method, dataclasses.replace(hints, num_speakers=k + extra),
+                             threshold=threshold, max_speakers_default=config.max_speakers,
+                             pruning=config.pruning, seed=config.seed, max_keep=config.pruning_max_keep)
+            if int(alt.max()) + 1 != k + extra:
+                break
+            alt_named = named(alt)
+            if alt_named <= best_named:
+                break
+            best, best_named = alt, alt_named
+        if best is not labels:
+            info["gallery_count"] = int(best.max()) + 1
+            info["count"] = int(best.max()) + 1
+        return best
+
     def _segmentation_frames(self, wav, duration) -> tuple:
         """Overlap probability and speech mask from the segmentation model, on our frame grid,
         and the number of local speakers in each of its chunks (None if not available)."""
@@ -309,7 +367,25 @@ class Diarizer:
             times, speech_prob, overlap_prob = self.overlap_detector.probabilities(
                 wav, step_s=self.config.segmentation_step_s)
         return (np.interp(centres, times, overlap_prob),
-                np.interp(centres, times, speech_prob) >= self.config.seg_speech_threshold, chunk_speakers, changes)
+                np.interp(centres, times, speech_prob), chunk_speakers, changes)
+
+    def _speech_mask(self, prob: np.ndarray, silero: np.ndarray) -> np.ndarray:
+        """Speech frames from the segmentation model's speech probability (see the config)."""
+        config = self.config
+        mask = prob >= config.seg_speech_threshold
+        if config.seg_confirm_threshold is not None:
+            mask &= (prob >= config.seg_confirm_threshold) | silero
+        if config.seg_min_peak is not None:
+            for a, b, on in _runs(mask.astype(int)):
+                if on and prob[a:b].max() < config.seg_min_peak:
+                    mask[a:b] = False
+        pad = int(round(config.seg_pad_s / config.frame_s))
+        if pad > 0 and mask.any():
+            from scipy.ndimage import binary_dilation
+            mask = binary_dilation(mask, structure=np.ones(2 * pad + 1, dtype=bool))
+        if config.speech_source == "union":
+            mask |= silero
+        return mask
 
     def resegment(self, feats: np.ndarray, labels: np.ndarray, windows, speech, duration,
                   overlap: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -348,6 +424,10 @@ class Diarizer:
         frame_labels = np.where(speech_mask, np.argmax(scores, axis=1), -1)
         if k > 1 and config.min_segment_s > 0:
             frame_labels = _absorb_short_runs(frame_labels, int(round(config.min_segment_s / frame)))
+        if config.fill_gap_s > 0:
+            frame_labels = _fill_gaps(frame_labels, int(round(config.fill_gap_s / frame)))
+        if config.output_pad_s > 0:
+            frame_labels = _pad_edges(frame_labels, int(round(config.output_pad_s / frame)))
         second = None
         if overlap is not None and k > 1:
             ranked = np.argsort(-scores, axis=1)
@@ -414,6 +494,33 @@ def _runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
     starts = np.concatenate([[0], change])
     ends = np.concatenate([change, [len(labels)]])
     return [(int(a), int(b), int(labels[a])) for a, b in zip(starts, ends)]
+
+
+def _pad_edges(labels: np.ndarray, pad: int) -> np.ndarray:
+    """Non-speech frames (-1) within ``pad`` frames of speech take the nearest speech label."""
+    speech = np.flatnonzero(labels >= 0)
+    silent = np.flatnonzero(labels < 0)
+    if not len(speech) or not len(silent) or pad <= 0:
+        return labels
+    pos = np.clip(np.searchsorted(speech, silent), 0, len(speech) - 1)
+    prev = speech[np.maximum(pos - 1, 0)]
+    nxt = speech[pos]
+    nearest = np.where(np.abs(prev - silent) <= np.abs(nxt - silent), prev, nxt)
+    close = np.abs(nearest - silent) <= pad
+    out = labels.copy()
+    out[silent[close]] = labels[nearest[close]]
+    return out
+
+
+def _fill_gaps(labels: np.ndarray, max_frames: int) -> np.ndarray:
+    """Non-speech runs (-1) shorter than max_frames between two runs of the same label."""
+    labels = labels.copy()
+    runs = _runs(labels)
+    for i in range(1, len(runs) - 1):
+        a, b, label = runs[i]
+        if label < 0 and b - a < max_frames and runs[i - 1][2] >= 0 and runs[i - 1][2] == runs[i + 1][2]:
+            labels[a:b] = runs[i - 1][2]
+    return labels
 
 
 def _absorb_short_runs(labels: np.ndarray, min_frames: int) -> np.ndarray:

@@ -4,8 +4,10 @@ Turns alternate between randomly chosen speakers (never the same speaker twice i
 each turn is an excerpt of an utterance not used before in this conversation, levelled to
 the same loudness; turns are separated by pauses (exponential, ``pause_mean_s``) or, with
 probability ``overlap_ratio``, start before the previous turn ends. Optional white noise
-at ``snr_db``. The reference RTTM holds each turn's *speech* (Silero VAD on the excerpt
-when a VAD is given, else the whole excerpt). Everything is drawn from one seeded
+at ``snr_db``. The reference RTTM holds each turn's *speech*: Silero VAD (default
+threshold 0.5) on the excerpt by default (``vad="silero"``), another VAD object when one is
+given, or the whole excerpt, pauses included, with ``vad=None`` (a harder, pessimistic
+reference: every pause inside a turn counts as missed speech). Everything is drawn from one seeded
 generator, so the same arguments give the same audio and RTTM. The conversation records
 which utterances it used, so each speaker can be enrolled from other ones.
 """
@@ -87,7 +89,7 @@ def simulate_conversation(source_dir, *, num_speakers: int = 2, num_turns: int =
                           min_turn_s: float = 2.0, max_turn_s: float = 6.0,
                           pause_mean_s: float = 0.4, overlap_ratio: float = 0.1,
                           max_overlap_s: float = 1.0, snr_db: float | None = None,
-                          speakers: list[str] | None = None, seed: int = 0, vad=None,
+                          speakers: list[str] | None = None, seed: int = 0, vad="silero",
                           lead_in_s: float = 0.5) -> Conversation:
     """One conversation (see the module docstring). ``speakers`` fixes who takes part."""
     from speechcore.audio import load_audio_file
@@ -98,6 +100,11 @@ def simulate_conversation(source_dir, *, num_speakers: int = 2, num_turns: int =
         raise ValueError("overlap_ratio must be within [0, 1]")
     if not 0 < min_turn_s <= max_turn_s:
         raise ValueError("need 0 < min_turn_s <= max_turn_s")
+    if isinstance(vad, str):
+        if vad != "silero":
+            raise ValueError(f"vad must be a VAD object, None or 'silero', got {vad!r}")
+        from speechcore.vad import SileroVAD
+        vad = SileroVAD()
     root = pathlib.Path(source_dir)
     available = speaker_utterances(root)
     rng = np.random.default_rng(seed)
