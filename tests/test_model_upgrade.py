@@ -210,6 +210,20 @@ def test_enrollment_upgrade_bridges_profiles_without_retained_audio(tmp_path, da
                                    .filter_by(space="campplus-192")).all()
         assert set(rows) == {("ge2e-256", BRIDGE)}
 
+        # campaigns resume: only what is missing is done again (here: one vector lost as if
+        # its batch had crashed before committing), nothing twice
+        with harness.services.session() as session:
+            victim = session.scalars(sa.select(models.Embedding).filter_by(space="campplus-192")).first()
+            session.delete(victim)
+            session.commit()
+        job = _post(harness, "/v1/models/campplus-192/reembed", {"bridge": BRIDGE}, status=202)["job"]
+        harness.drain_jobs(wait=True)
+        result = _job(harness, job["id"])["result"]
+        assert (result["batches"], result["bridged"], result["profiles"]) == (1, 1, N_SPEAKERS)
+        job = _post(harness, "/v1/models/campplus-192/reembed", {"bridge": BRIDGE}, status=202)["job"]
+        harness.drain_jobs(wait=True)
+        assert _job(harness, job["id"])["result"]["batches"] == 0
+
         # the GE2E -> CAM++ path over bridged profiles; the GE2E runtime vectors still fuse
         _post(harness, "/v1/deployments", {"alignment": BRIDGE, "force": True}, status=201)
         after, bodies = _identify_all(harness, speakers, ids)
