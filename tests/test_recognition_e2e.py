@@ -78,7 +78,8 @@ def test_identification_accuracy_on_test_other(enrolled_service, corpus):
             total += 1
             correct += result["speaker"] is not None and result["speaker"]["id"] == ids[name]
             assert result["models"] == {"runtime_model": "ge2e-256", "enrollment_space": "campplus-192",
-                                        "alignment": result["models"]["alignment"]}
+                                        "alignment": result["models"]["alignment"],
+                                        "deployment": result["models"]["deployment"]}
             assert result["scoring"] == "fused"
     unknown = unknown_total = 0
     for name in held_back:
