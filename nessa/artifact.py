@@ -97,6 +97,12 @@ def _register_network_kinds() -> None:
 
 _register_network_kinds()
 
+#: arrays an artifact may carry besides its kind's params: the S-norm cohort (one row per
+#: cohort speaker, by each model), used by ``score_candidates`` when ``scoring["snorm"]``
+OPTIONAL_PARAM_SHAPES = {"cohort_enroll": ("cohort", "target_dim"), "cohort_runtime": ("cohort", "source_dim")}
+#: the raw scores ``score_candidates`` can fuse
+CANDIDATE_FEATURES = ("runtime_cosine", "cross_cosine", "aligned_runtime_cosine")
+
 
 def _jsonable(value):
     """Plain JSON types only, so that the serialisation (and the sha256) is canonical."""
@@ -117,6 +123,28 @@ def _jsonable(value):
     if isinstance(value, pathlib.PurePath):
         return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in artifact.json")
+
+
+def top_k_stats(cohort_scores: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd of each row's ``top_k`` highest cohort scores (adaptive S-norm)."""
+    k = max(1, min(int(top_k), cohort_scores.shape[1]))
+    top = np.partition(cohort_scores, cohort_scores.shape[1] - k, axis=1)[:, -k:]
+    mean = top.sum(axis=1) / k
+    centred = top - mean[:, None]
+    return mean, np.sqrt(np.einsum("ij,ij->i", centred, centred) / k) + 1e-6
+
+
+def snorm_with_stats(scores: np.ndarray, query_stats, profile_stats) -> np.ndarray:
+    (mean_q, sd_q), (mean_p, sd_p) = query_stats, profile_stats
+    return 0.5 * ((scores - mean_q[:, None]) / sd_q[:, None] + (scores - mean_p[None, :]) / sd_p[None, :])
+
+
+def adaptive_snorm(scores: np.ndarray, query_cohort: np.ndarray, profile_cohort: np.ndarray,
+                   top_k: int) -> np.ndarray:
+    """Adaptive symmetric score normalisation: ``scores`` (N, M); ``query_cohort`` (N, C) and
+    ``profile_cohort`` (M, C) each side's scores against the cohort; the mean and sd of each
+    side's ``top_k`` highest cohort scores normalise, and the two z-scores are averaged."""
+    return snorm_with_stats(scores, top_k_stats(query_cohort, top_k), top_k_stats(profile_cohort, top_k))
 
 
 def params_to_bytes(params: dict[str, np.ndarray]) -> bytes:
@@ -170,6 +198,14 @@ class AlignmentArtifact:
     command: str = ""
     created_at: str = dataclasses.field(default_factory=utc_now)
     format_version: int = FORMAT_VERSION
+    #: optional richer runtime scoring for ``score_candidates`` (empty: plain ``fusion`` /
+    #: ``calibration`` on raw cosines). Keys: ``fused_features`` (names from
+    #: CANDIDATE_FEATURES), ``snorm`` ({"top_k", "features"}: adaptive S-norm of those
+    #: features against the stored cohort), ``fused`` / ``cross`` (LogisticCalibration
+    #: dicts with thresholds, on the normalised features), ``duration_bands`` (list of
+    #: {"max_seconds": float | None, "fused": dict, "cross": dict}: per query-duration
+    #: calibrations, the last band open-ended), ``metrics`` (its dev figures)
+    scoring: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -180,7 +216,8 @@ class AlignmentArtifact:
 
     # ----------------------------------------------------------------- structure
     def _check_params(self) -> None:
-        expected = KINDS[self.kind].param_shapes
+        expected = dict(KINDS[self.kind].param_shapes)
+        expected.update({key: shape for key, shape in OPTIONAL_PARAM_SHAPES.items() if key in self.params})
         missing = sorted(set(expected) - set(self.params))
         extra = sorted(set(self.params) - set(expected))
         if missing or extra:
@@ -251,6 +288,186 @@ class AlignmentArtifact:
         """LLR threshold (accept when ``llr >= threshold``); default operating point if no name."""
         return (self.fused_calibration if fused else self.cross_calibration).threshold(name)
 
+    # ----------------------------------------------------------------- candidate scoring
+    def _kind_params(self) -> dict:
+        return {key: value for key, value in self.params.items() if key not in OPTIONAL_PARAM_SHAPES}
+
+    def _cohort(self) -> dict:
+        """Cohort statistics in every space the S-norm needs, computed once per artifact."""
+        cached = self.__dict__.get("_cohort_cache")
+        if cached is None:
+            enroll = l2_normalise(self.params["cohort_enroll"])
+            runtime = l2_normalise(self.params["cohort_runtime"])
+            cached = {"runtime": runtime, "aligned_target": self.transform_target(enroll),
+                      "aligned_source": self.transform(runtime)}
+            self.__dict__["_cohort_cache"] = cached
+        return cached
+
+    def prepare_candidates(self, profile_enroll: np.ndarray, profile_runtime: np.ndarray | None = None) -> dict:
+        """Everything about the candidate profiles that does not depend on the query (their
+        vectors in the comparison space, and their S-norm cohort statistics). A service may
+        compute it once per profile set and reuse it for every query (``score_prepared``).
+        Rows of ``profile_runtime`` that are all-NaN mark profiles without a runtime vector."""
+        enroll = np.atleast_2d(np.asarray(profile_enroll, dtype=np.float32))
+        prepared = {"aligned_enroll": self.transform_target(enroll), "m": len(enroll),
+                    "fused": np.zeros(len(enroll), dtype=bool)}
+        if profile_runtime is not None:
+            runtime = np.atleast_2d(np.asarray(profile_runtime, dtype=np.float32))
+            present = ~np.isnan(runtime).any(axis=1)
+            runtime = l2_normalise(np.where(present[:, None], runtime, 1.0).astype(np.float32))
+            prepared.update(fused=present, runtime=runtime, aligned_runtime=self.transform(runtime))
+        snorm = self.scoring.get("snorm")
+        if snorm:
+            cohort, k = self._cohort(), int(snorm["top_k"])
+            profile_sides = {"cross_cosine": ("aligned_enroll", "aligned_source"),
+                             "runtime_cosine": ("runtime", "runtime"),
+                             "aligned_runtime_cosine": ("aligned_runtime", "aligned_source")}
+            prepared["snorm"] = {}
+            for name in snorm["features"]:
+                vectors, cohort_space = profile_sides[name]
+                if vectors in prepared:
+                    prepared["snorm"][name] = top_k_stats(prepared[vectors] @ cohort[cohort_space].T, k)
+        return prepared
+
+    def score_features(self, query_runtime: np.ndarray, prepared: dict) -> dict[str, np.ndarray]:
+        """Raw (N queries, M profiles) scores against prepared candidates, S-normalised where
+        ``scoring["snorm"]`` says (NaN for profiles without a runtime vector)."""
+        q = l2_normalise(np.atleast_2d(np.asarray(query_runtime, dtype=np.float32)))
+        if q.shape[1] != self.source_dim:
+            raise ValueError(f"expected (N, {self.source_dim}) {self.source_version} embeddings, got {q.shape}")
+        aligned_q = l2_normalise(KINDS[self.kind].transform_source(self.params, q))
+        m = prepared["m"]
+        stacks = self._query_stacks(prepared)
+        # one product per query-side space: profiles (and cohort, for S-norm) together
+        aligned_all = aligned_q @ stacks["aligned"]
+        out = {"cross_cosine": aligned_all[:, :m]}
+        runtime_all = None
+        if "runtime" in prepared:
+            runtime_all = q @ stacks["runtime"]
+            out["runtime_cosine"] = runtime_all[:, :m]
+            out["aligned_runtime_cosine"] = aligned_all[:, m:2 * m]
+        snorm = self.scoring.get("snorm")
+        if snorm:
+            k = int(snorm["top_k"])
+            for name, profile_stats in prepared.get("snorm", {}).items():
+                source, start, stop = stacks["cohort_columns"][name]
+                cohort_scores = (aligned_all if source == "aligned" else runtime_all)[:, start:stop]
+                out[name] = snorm_with_stats(out[name], top_k_stats(cohort_scores, k), profile_stats)
+        if "runtime" in prepared and not prepared["fused"].all():
+            for name in ("runtime_cosine", "aligned_runtime_cosine"):
+                out[name] = out[name].copy()
+                out[name][:, ~prepared["fused"]] = np.nan
+        return out
+
+    def _query_stacks(self, prepared: dict) -> dict:
+        """Column-stacked right-hand sides of the per-query products (cached in ``prepared``)."""
+        stacks = prepared.get("_stacks")
+        if stacks is not None:
+            return stacks
+        aligned = [prepared["aligned_enroll"]]
+        runtime = []
+        if "runtime" in prepared:
+            aligned.append(prepared["aligned_runtime"])
+            runtime.append(prepared["runtime"])
+        columns = {}
+        if self.scoring.get("snorm"):
+            cohort = self._cohort()
+            spaces = {"cross_cosine": ("aligned", "aligned_target"), "runtime_cosine": ("runtime", "runtime"),
+                      "aligned_runtime_cosine": ("aligned", "aligned_source")}
+            for name in prepared.get("snorm", {}):
+                source, space = spaces[name]
+                blocks = aligned if source == "aligned" else runtime
+                start = sum(len(block) for block in blocks)
+                blocks.append(cohort[space])
+                columns[name] = (source, start, start + len(cohort[space]))
+        stacks = {"aligned": np.ascontiguousarray(np.concatenate(aligned).T),
+                  "runtime": np.ascontiguousarray(np.concatenate(runtime).T) if runtime else None,
+                  "cohort_columns": columns}
+        prepared["_stacks"] = stacks
+        return stacks
+
+    def candidate_features(self, query_runtime: np.ndarray, profile_enroll: np.ndarray,
+                           profile_runtime: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``score_features`` of freshly prepared candidates."""
+        return self.score_features(query_runtime, self.prepare_candidates(profile_enroll, profile_runtime))
+
+    def _band_index(self, seconds: float | None) -> int | None:
+        bands = self.scoring.get("duration_bands")
+        if not bands or seconds is None:
+            return None
+        for index, band in enumerate(bands):
+            if band["max_seconds"] is None or seconds < band["max_seconds"]:
+                return index
+        return len(bands) - 1
+
+    def _band_calibrations(self, band: int | None) -> tuple[LogisticCalibration, LogisticCalibration]:
+        cache = self.__dict__.setdefault("_calibration_cache", {})
+        if band not in cache:
+            cache[band] = self._parse_band_calibrations(band)
+        return cache[band]
+
+    def _parse_band_calibrations(self, band: int | None) -> tuple[LogisticCalibration, LogisticCalibration]:
+        if band is not None:
+            entry = self.scoring["duration_bands"][band]
+            return LogisticCalibration.from_dict(entry["fused"]), LogisticCalibration.from_dict(entry["cross"])
+        if "fused" in self.scoring:
+            return (LogisticCalibration.from_dict(self.scoring["fused"]),
+                    LogisticCalibration.from_dict(self.scoring["cross"]))
+        return self.fused_calibration, self.cross_calibration
+
+    def score_candidates(self, query_runtime: np.ndarray, profile_enroll: np.ndarray,
+                         profile_runtime: np.ndarray | None = None, *,
+                         seconds=None) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated LLRs of runtime queries against candidate profiles, vectorised.
+
+        ``query_runtime``: (d_r,) or (N, d_r) runtime-model embeddings; ``profile_enroll``:
+        (M, d_e) profiles' enrollment-space vectors; ``profile_runtime``: (M, d_r) their
+        runtime-space vectors, a row of NaN (or None for all) where a profile has none;
+        ``seconds``: the query's speech duration, or one per query (selects a duration
+        band where the artifact has them). Returns ``(llr (N, M) or (M,), fused (M,) bool)``:
+        fused profiles are scored with the fused calibration, the others with the
+        cross-model one. Compare with ``candidate_threshold``."""
+        return self.score_prepared(query_runtime, self.prepare_candidates(profile_enroll, profile_runtime),
+                                   seconds=seconds)
+
+    def score_prepared(self, query_runtime: np.ndarray, prepared: dict, *,
+                       seconds=None) -> tuple[np.ndarray, np.ndarray]:
+        """``score_candidates`` against ``prepare_candidates`` output (the per-query work only)."""
+        single = np.asarray(query_runtime).ndim == 1
+        features = self.score_features(query_runtime, prepared)
+        fused = prepared["fused"]
+        n = features["cross_cosine"].shape[0]
+        if seconds is None or not self.scoring.get("duration_bands"):
+            groups = {None: None}
+        else:
+            durations = np.broadcast_to(np.asarray(seconds, dtype=np.float64), (n,))
+            groups = {}
+            for row, value in enumerate(durations):
+                groups.setdefault(self._band_index(None if np.isnan(value) else float(value)), []).append(row)
+        llr = None
+        for band, rows in groups.items():
+            fused_cal, cross_cal = self._band_calibrations(band)
+            part = {name: value if rows is None else value[rows] for name, value in features.items()}
+            if fused.all():
+                scores = fused_cal.llr(*[part[name] for name in fused_cal.features])
+            else:
+                scores = cross_cal.llr(part["cross_cosine"])
+                if fused.any():
+                    scores = np.where(fused[None, :], fused_cal.llr(*[part[name] for name in fused_cal.features]),
+                                      scores)
+            if rows is None:
+                llr = scores
+            else:
+                llr = np.empty((n, len(fused))) if llr is None else llr
+                llr[rows] = scores
+        return (llr[0] if single else llr), fused
+
+    def candidate_threshold(self, fused: bool = True, name: str | None = None) -> float:
+        """The LLR threshold for ``score_candidates`` scores (its own calibration's)."""
+        if "fused" in self.scoring:
+            return LogisticCalibration.from_dict(self.scoring["fused" if fused else "cross"]).threshold(name)
+        return self.threshold(fused=fused, name=name)
+
     # ----------------------------------------------------------------- embedders
     def check_embedders(self, source, target) -> None:
         """Raise unless ``source``/``target`` are the exact models this alignment was trained for."""
@@ -272,6 +489,8 @@ class AlignmentArtifact:
 
     def _manifest(self, params_bytes: bytes) -> dict:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
+        if not fields["scoring"]:
+            del fields["scoring"]  # artifacts without it keep their bytes (and sha256) unchanged
         fields["params_file"] = PARAMS_FILE
         fields["params_sha256"] = _sha256(params_bytes)
         fields["params_shapes"] = {key: list(value.shape) for key, value in sorted(self.params.items())}

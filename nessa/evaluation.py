@@ -137,6 +137,9 @@ class EvalEmbeddings:
     enroll_full: np.ndarray
     runtime_full: np.ndarray
     tests: dict[str, tuple[np.ndarray, np.ndarray]]
+    #: optional: condition name -> (n,) speech seconds of each test segment (for scorers
+    #: whose calibration depends on the query's duration)
+    test_seconds: dict[str, np.ndarray] | None = None
 
 
 class EmbeddingProvider(Protocol):
@@ -249,6 +252,7 @@ class AudioEmbeddingProvider:
                   "corpus": corpus_sha if noise.kind == "babble" else ""}}
         segments = [{"crop": None}] + [{"crop": seconds, "seed": self.seed} for seconds in self.crops]
         out = [np.zeros((len(utterances), len(segments), model.dim), dtype=np.float32) for model in models]
+        self._seconds = np.zeros((len(utterances), len(segments)))
         label = "embedding test set" + ("" if noise is None else f" ({noise.tag})")
         for index, (speaker, path) in enumerate(tqdm(utterances, desc=label, unit="file", disable=not self.progress)):
             speech = None
@@ -259,6 +263,7 @@ class AudioEmbeddingProvider:
                     entry = cache.load(key)
                     if entry is not None and entry[2].shape == (1, model.dim):
                         out[m][index, column] = entry[2][0]
+                        self._seconds[index, column] = (entry[1][0, 1] - entry[1][0, 0]) / model.sample_rate
                     else:
                         missing.append(column)
                 if not missing:
@@ -273,6 +278,7 @@ class AudioEmbeddingProvider:
                 for row, column in enumerate(missing):
                     cache.store(keys[column], len(speech), bounds[column:column + 1], vectors[row:row + 1])
                     out[m][index, column] = vectors[row]
+                    self._seconds[index, column] = (bounds[column, 1] - bounds[column, 0]) / model.sample_rate
         return out
 
     def evaluation_set(self, conditions: Sequence[Condition]) -> EvalEmbeddings:
@@ -280,8 +286,9 @@ class AudioEmbeddingProvider:
         corpus_sha = hashlib.sha256("\n".join(f"{s}/{pathlib.Path(p).name}" for s, p in utterances)
                                     .encode("utf-8")).hexdigest()
         clean_e, clean_r = self._embed_all(utterances, None, corpus_sha)
+        seconds = self._seconds
         by_noise = {None: (clean_e, clean_r)}
-        tests = {}
+        tests, test_seconds = {}, {}
         for condition in conditions:
             if condition.crop_seconds is not None and condition.crop_seconds not in self.crops:
                 raise ValueError(f"condition {condition.name}: crop not among {self.crops}")
@@ -290,9 +297,11 @@ class AudioEmbeddingProvider:
             e, r = by_noise[condition.noise]
             column = 0 if condition.crop_seconds is None else 1 + self.crops.index(condition.crop_seconds)
             tests[condition.name] = (e[:, column], r[:, column])
+            test_seconds[condition.name] = seconds[:, column].copy()
         return EvalEmbeddings(speakers=np.asarray([s for s, _ in utterances]),
                               names=[f"{s}/{pathlib.Path(p).name}" for s, p in utterances],
-                              enroll_full=clean_e[:, 0], runtime_full=clean_r[:, 0], tests=tests)
+                              enroll_full=clean_e[:, 0], runtime_full=clean_r[:, 0], tests=tests,
+                              test_seconds=test_seconds)
 
     def anchor_files(self) -> list[FileEmbeddings]:
         from nessa.data import speech_only_loader
@@ -372,8 +381,27 @@ def map_system(name: str, kind: str, params: dict) -> System:
     return System(name, build)
 
 
+class SecondsScorer:
+    """A scorer that also takes the test segments' speech durations (``seconds``, (N,) or None)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, test_e, test_r, seconds=None):
+        return self.fn(test_e, test_r, seconds)
+
+
+def _score(scorer, test_e, test_r, seconds):
+    return scorer(test_e, test_r, seconds) if isinstance(scorer, SecondsScorer) else scorer(test_e, test_r)
+
+
 def artifact_systems(artifact: AlignmentArtifact) -> list[System]:
-    """``<name>``: calibrated cross-model LLR; ``<name>+fused``: runtime + cross fusion LLR."""
+    """``<name>``: calibrated cross-model LLR; ``<name>+fused``: runtime + cross fusion LLR.
+    Artifacts with a ``scoring`` section are scored as the service scores them, through
+    ``score_candidates`` (S-norm against the stored cohort, duration bands) with the
+    test segments' durations."""
+    if artifact.scoring:
+        return _candidate_systems(artifact)
 
     def build_cross(enroll_groups, runtime_groups):
         profiles = _mean_vectors(enroll_groups)
@@ -392,6 +420,25 @@ def artifact_systems(artifact: AlignmentArtifact) -> list[System]:
 
     return [System(artifact.name, build_cross, threshold(False)),
             System(f"{artifact.name}+fused", build_fused, threshold(True))]
+
+
+def _candidate_systems(artifact: AlignmentArtifact) -> list[System]:
+    def build(fused: bool):
+        def builder(enroll_groups, runtime_groups):
+            profiles_e = _mean_vectors(enroll_groups)
+            profiles_r = _mean_vectors(runtime_groups) if fused else None
+            return SecondsScorer(lambda test_e, test_r, seconds: artifact.score_candidates(
+                test_r, profiles_e, profiles_r, seconds=seconds)[0])
+        return builder
+
+    def threshold(fused: bool) -> float | None:
+        try:
+            return artifact.candidate_threshold(fused=fused)
+        except (KeyError, ValueError):
+            return None
+
+    return [System(artifact.name, build(False), threshold(False)),
+            System(f"{artifact.name}+fused", build(True), threshold(True))]
 
 
 def adapted_system(name: str, adapt: Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]],
@@ -510,7 +557,8 @@ def run_all_pairs(system: System, data: EvalEmbeddings, condition: str) -> tuple
     members = [np.array([i]) for i in range(n)]
     scorer = system.build(_groups(data.enroll_full, members), _groups(data.runtime_full, members))
     test_e, test_r = data.tests[condition]
-    scores = np.asarray(scorer(test_e, test_r), dtype=np.float64)  # (tests, enrolled)
+    seconds = None if data.test_seconds is None else data.test_seconds.get(condition)
+    scores = np.asarray(_score(scorer, test_e, test_r, seconds), dtype=np.float64)  # (tests, enrolled)
     same = data.speakers[:, None] == data.speakers[None, :]
     valid = ~np.eye(n, dtype=bool)
     targets, nontargets = scores[same & valid], scores[~same & valid]
@@ -532,7 +580,9 @@ def run_profile(system: System, data: EvalEmbeddings, condition: str,
         used = np.zeros(len(data.speakers), dtype=bool)
         used[np.concatenate(members)] = True
         rows = np.flatnonzero(~used)
-        scores = np.asarray(scorer(test_e[rows], test_r[rows]), dtype=np.float64)  # (tests, profiles)
+        seconds = None if data.test_seconds is None else data.test_seconds.get(condition)
+        scores = np.asarray(_score(scorer, test_e[rows], test_r[rows], None if seconds is None else seconds[rows]),
+                            dtype=np.float64)  # (tests, profiles)
         truth = data.speakers[rows][:, None] == names[None, :]
         targets, nontargets = scores[truth], scores[~truth]
         eer, dcf = verification_figures(targets, nontargets)
@@ -808,18 +858,25 @@ def benchmark_scoring(artifact: AlignmentArtifact, n_candidates: int = 10, repea
     profiles_e = artifact.transform_target(rng.normal(size=(n_candidates, artifact.target_dim)))
     profiles_r = l2_normalise(rng.normal(size=(n_candidates, artifact.source_dim)))
     queries = l2_normalise(rng.normal(size=(repeats, artifact.source_dim))).astype(np.float32)
+    if artifact.scoring:  # the artifact's own scoring: profiles prepared once, per-query work timed
+        prepared = artifact.prepare_candidates(rng.normal(size=(n_candidates, artifact.target_dim)), profiles_r)
+
+        def score(q):
+            artifact.score_prepared(q, prepared)
+    else:
+        def score(q):
+            artifact.score_fused(q @ profiles_r.T, artifact.transform(q) @ profiles_e.T)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for query in queries[:min(200, repeats)]:  # warm-up
-            q = query[None, :]
-            artifact.score_fused(q @ profiles_r.T, artifact.transform(q) @ profiles_e.T)
+            score(query[None, :])
         times = np.empty(repeats)
         clock = time.perf_counter_ns
         for i, query in enumerate(queries):
             q = query[None, :]
             start = clock()
-            artifact.score_fused(q @ profiles_r.T, artifact.transform(q) @ profiles_e.T)
+            score(q)
             times[i] = clock() - start
     finally:
         torch.set_num_threads(previous)

@@ -38,6 +38,8 @@ from speechcore.embedder import l2_normalise
 #: bump when the parameterisation changes, so that old checkpoints are not resumed
 CHECKPOINT_VERSION = 2
 PAIR_ROLES = {"chunks": (ROLE_CHUNK, ROLE_FULL), "all": (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST)}
+#: NetworkConfig fields applied after a training run (they do not change a run's checkpoints)
+POST_TRAINING_FIELDS = ("wise_alpha", "soup", "snorm_top_k", "fused_features", "snorm_features", "duration_bands")
 
 
 def _normalise_domain_weights(values: dict) -> dict:
@@ -75,6 +77,8 @@ class NetworkConfig:
     #: penalty ``l2_init * sum((p - p_init)^2)`` pulling every trained array towards its
     #: initial value (L2-SP: keeps a ridge/CCA-initialised net near its linear solution)
     l2_init: float = 0.0
+    #: fit the ridge / CCA initialisation on this domain's pairs only ("": every pair)
+    init_domain: str = ""
     #: Gaussian noise on the standardised runtime input while training (std)
     input_noise: float = 0.0
     dropout: float = 0.0
@@ -93,6 +97,26 @@ class NetworkConfig:
     domain_weights: tuple = ()
     #: corpora whose median clip is shorter than this are concatenated per speaker (0: never)
     concatenate_below_seconds: float = 2.0
+    #: WiSE-FT: the exported weights are ``init + wise_alpha * (trained - init)`` (1: the
+    #: trained weights; 0: the initial, e.g. CCA, solution). Robust fine-tuning under
+    #: distribution shift (Wortsman et al., 2022).
+    wise_alpha: float = 1.0
+    #: weight-space ensemble ("model soup"): this many runs from the *same* initial weights
+    #: with different batch orders (seed, seed+1, ...), averaged
+    soup: int = 1
+    #: keep the linear (CCA / ridge) parts fixed and train only the residual branches
+    freeze_linear: bool = False
+    # runtime scoring stored in the artifact (``scoring``; used by score_candidates)
+    #: adaptive S-norm of the fused features against a cohort of the primary corpus'
+    #: speakers stored in the artifact: top-k (0: off)
+    snorm_top_k: int = 0
+    #: comma-separated features of the fused score (nessa.artifact.CANDIDATE_FEATURES)
+    fused_features: str = "runtime_cosine,cross_cosine"
+    #: comma-separated features that are S-normalised (with snorm_top_k; "": all fused ones)
+    snorm_features: str = ""
+    #: comma-separated upper bounds (seconds) of query-duration bands, each with its own
+    #: fusion / calibration fitted on the dev tests of that length ("": one for all)
+    duration_bands: str = ""
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -105,6 +129,36 @@ class NetworkConfig:
             raise ValueError("init=ridge needs arch=linear or resmlp")
         if self.pair_roles not in PAIR_ROLES:
             raise ValueError(f"pair_roles must be one of {sorted(PAIR_ROLES)}")
+        if self.soup < 1:
+            raise ValueError("soup must be >= 1")
+        from nessa.artifact import CANDIDATE_FEATURES
+
+        unknown = (set(self.fused_feature_names) | set(self.snorm_feature_names)) - set(CANDIDATE_FEATURES)
+        if unknown or not self.fused_feature_names:
+            raise ValueError(f"fused_features must name some of {CANDIDATE_FEATURES}, got {self.fused_features!r}")
+        _ = self.band_edges
+
+    @property
+    def fused_feature_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.fused_features.split(",") if name.strip())
+
+    @property
+    def snorm_feature_names(self) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in self.snorm_features.split(",") if name.strip())
+        return names or self.fused_feature_names
+
+    @property
+    def band_edges(self) -> tuple[float, ...]:
+        edges = tuple(float(v) for v in self.duration_bands.split(",") if v.strip())
+        if list(edges) != sorted(set(edges)):
+            raise ValueError("duration_bands must be increasing")
+        return edges
+
+    @property
+    def rich_scoring(self) -> bool:
+        """Whether the artifact gets a ``scoring`` section (anything beyond the plain fusion)."""
+        return bool(self.snorm_top_k or self.band_edges
+                    or self.fused_feature_names != ("runtime_cosine", "cross_cosine"))
 
     @property
     def kind(self) -> str:
@@ -131,13 +185,14 @@ class PairSet:
     speaker: np.ndarray    # (n,) int, index into ``speakers``
     speakers: list         # names
     speaker_weight: np.ndarray  # (n_speakers,) sampling weight (domain weight)
+    domain: np.ndarray | None = None  # (n,) corpus domain of each pair, where known
 
 
 def build_pairs(files: Sequence[FileEmbeddings], domains: dict[str, str], speakers: set[str],
                 config: NetworkConfig) -> PairSet:
     """Pairs of the given speakers; ``domains`` maps a file path to its corpus domain."""
     roles = PAIR_ROLES[config.pair_roles]
-    xs, ys, labels, names, weights = [], [], [], {}, {}
+    xs, ys, labels, names, weights, row_domains = [], [], [], {}, {}, []
     for item in files:
         if item.speaker not in speakers:
             continue
@@ -150,15 +205,23 @@ def build_pairs(files: Sequence[FileEmbeddings], domains: dict[str, str], speake
         xs.append(item.source[rows])
         ys.append(item.target[rows])
         labels.append(np.full(int(rows.sum()), index))
+        row_domains.append(np.full(int(rows.sum()), domains[item.path], dtype=object))
     if not xs:
         raise ValueError("no training pairs")
     return PairSet(x=l2_normalise(np.concatenate(xs).astype(np.float32)),
                    y=l2_normalise(np.concatenate(ys).astype(np.float32)),
                    speaker=np.concatenate(labels), speakers=list(names),
-                   speaker_weight=np.array([weights[i] for i in range(len(names))], dtype=np.float64))
+                   speaker_weight=np.array([weights[i] for i in range(len(names))], dtype=np.float64),
+                   domain=np.concatenate(row_domains).astype(str))
 
 
 def _initial_params(config: NetworkConfig, pairs: PairSet) -> dict:
+    if config.init_domain:
+        if pairs.domain is None or not (pairs.domain == config.init_domain).any():
+            raise ValueError(f"init_domain {config.init_domain!r}: no training pairs from that domain")
+        rows = pairs.domain == config.init_domain
+        pairs = dataclasses.replace(pairs, x=pairs.x[rows], y=pairs.y[rows], speaker=pairs.speaker[rows],
+                                    domain=pairs.domain[rows])
     if config.init == "ridge":
         return ridge_init(RidgeSolver(pairs.x, pairs.y).solve(config.ridge_alpha).params())
     if config.init == "cca":
@@ -172,11 +235,15 @@ def _initial_params(config: NetworkConfig, pairs: PairSet) -> dict:
 
 
 # ----------------------------------------------------------------------------- training
-def _run_key(config: NetworkConfig, seed: int, pairs: PairSet) -> str:
-    identity = {"version": CHECKPOINT_VERSION, "config": config.as_dict(), "seed": seed, "n": len(pairs.x),
+def _run_key(config: NetworkConfig, seed: int, pairs: PairSet, batch_seed: int | None = None) -> str:
+    # what shapes one training run (post-hoc soup / WiSE-FT settings do not)
+    trained = {k: v for k, v in config.as_dict().items() if k not in POST_TRAINING_FIELDS}
+    identity = {"version": CHECKPOINT_VERSION, "config": trained, "seed": seed, "n": len(pairs.x),
                 "x": hashlib.sha256(pairs.x.tobytes()).hexdigest(), "y": hashlib.sha256(pairs.y.tobytes()).hexdigest(),
                 "speaker": hashlib.sha256(pairs.speaker.astype(np.int64).tobytes()).hexdigest(),
                 "weights": pairs.speaker_weight.tolist()}
+    if batch_seed is not None and batch_seed != seed:
+        identity["batch_seed"] = batch_seed
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -200,20 +267,45 @@ def fit_network(pairs: PairSet, config: NetworkConfig | dict | None = None, seed
     With ``checkpoint_dir`` every epoch is checkpointed under ``<checkpoint_dir>/<run key>/``
     and a rerun resumes after the last completed epoch (identical result to an
     uninterrupted run). ``eval_fn(params) -> dict`` is called after each epoch if given
-    and its output appended to ``log``.
+    and its output appended to ``log``. ``config.soup`` > 1 averages that many runs (same
+    initial weights, batch orders from seeds ``seed, seed+1, ...``); ``config.wise_alpha``
+    < 1 then interpolates the result towards the initial weights (WiSE-FT).
     """
+    config = NetworkConfig.from_any(config)
+    runs = [_fit_one(pairs, config, seed, batch_seed, checkpoint_dir=checkpoint_dir, progress=progress,
+                     log=log if batch_seed == seed else None, eval_fn=eval_fn)
+            for batch_seed in range(seed, seed + config.soup)]
+    initial, trained = runs[0]
+    if config.soup > 1:
+        trained = {key: np.mean([run[1][key] for run in runs], axis=0).astype(np.float32) for key in trained}
+    if config.wise_alpha != 1.0:
+        alpha = np.float32(config.wise_alpha)
+        trained = {key: (initial[key] + alpha * (value - initial[key])).astype(np.float32)
+                   for key, value in trained.items()}
+    return trained
+
+
+def _fit_one(pairs: PairSet, config: NetworkConfig, seed: int, batch_seed: int, *,
+             checkpoint_dir, progress: bool, log: list | None, eval_fn) -> tuple[dict, dict]:
+    """One training run: (initial params, trained params). ``seed`` sets the initial
+    weights, ``batch_seed`` the batch order (equal for a plain run)."""
     import torch
 
     from nessa import losses
 
-    config = NetworkConfig.from_any(config)
-    torch.manual_seed(seed)
+    torch.manual_seed(batch_seed)
     model = build_module(config.arch, pairs.x.shape[1], pairs.y.shape[1], hidden=config.hidden,
                          shared_dim=config.shared_dim, target_hidden=config.target_hidden,
                          init=_initial_params(config, pairs), seed=seed)
     model.input_noise, model.dropout = config.input_noise, config.dropout
+    initial = model.export_params()
+    if config.freeze_linear:
+        for name in ("weight", "t_weight"):
+            if hasattr(model, name):
+                getattr(model, name).requires_grad_(False)
     anchors = {name: value.detach().clone() for name, value in model.named_parameters()}
-    optimiser = torch.optim.AdamW([p for p in model.parameters()], lr=config.lr, weight_decay=config.weight_decay)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
     x, y = torch.from_numpy(pairs.x), torch.from_numpy(pairs.y)
     labels_all = torch.from_numpy(pairs.speaker.astype(np.int64))
     rows_by_speaker = [np.flatnonzero(pairs.speaker == s) for s in range(len(pairs.speakers))]
@@ -224,7 +316,7 @@ def fit_network(pairs: PairSet, config: NetworkConfig | dict | None = None, seed
     run_dir = None
     start_epoch = 0
     if checkpoint_dir is not None:
-        run_dir = pathlib.Path(checkpoint_dir) / _run_key(config, seed, pairs)
+        run_dir = pathlib.Path(checkpoint_dir) / _run_key(config, seed, pairs, batch_seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         done = sorted(run_dir.glob("epoch_*.pt"))
         if done:
@@ -241,7 +333,7 @@ def fit_network(pairs: PairSet, config: NetworkConfig | dict | None = None, seed
     for epoch in bar:
         model.train()
         totals = {}
-        for step, rows in enumerate(_epoch_batches(pairs, config, seed, epoch, rows_by_speaker)):
+        for step, rows in enumerate(_epoch_batches(pairs, config, batch_seed, epoch, rows_by_speaker)):
             global_step = epoch * config.steps_per_epoch + step
             for group in optimiser.param_groups:  # cosine decay with 1 epoch of warm-up
                 warm = min(1.0, (global_step + 1) / max(1, config.steps_per_epoch))
@@ -291,7 +383,7 @@ def fit_network(pairs: PairSet, config: NetworkConfig | dict | None = None, seed
                 if old != path:
                     old.unlink()
     model.eval()
-    return model.export_params()
+    return initial, model.export_params()
 
 
 # ----------------------------------------------------------------------------- scoring on dev
@@ -317,6 +409,83 @@ def fused_llr(runtime: np.ndarray, cross: np.ndarray, trials: DevTrials, prior: 
     fusion = cal.fit_logistic_calibration(np.c_[runtime[mask], cross[mask]], np.c_[runtime[~mask], cross[~mask]],
                                           ("runtime_cosine", "cross_cosine"), prior=prior)
     return fusion.llr(runtime, cross)
+
+
+# ----------------------------------------------------------------------------- rich scoring
+def cohort_vectors(files: Sequence[FileEmbeddings], speakers: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(enrollment-model, runtime-model) L2-normalised mean whole-utterance embedding per
+    speaker, sorted by speaker: the S-norm cohort."""
+    by_speaker: dict[str, tuple[list, list]] = {}
+    for item in files:
+        rows = item.plan.roles == ROLE_FULL
+        if item.speaker in speakers and rows.any():
+            e, r = by_speaker.setdefault(item.speaker, ([], []))
+            e.append(item.target[rows])
+            r.append(item.source[rows])
+    names = sorted(by_speaker)
+    if not names:
+        raise ValueError("no cohort speakers")
+    return (l2_normalise(np.stack([np.concatenate(by_speaker[n][0]).mean(axis=0) for n in names])).astype(np.float32),
+            l2_normalise(np.stack([np.concatenate(by_speaker[n][1]).mean(axis=0) for n in names])).astype(np.float32))
+
+
+def scoring_section(kind: str, params: dict, cohort: tuple[np.ndarray, np.ndarray] | None, trials: DevTrials,
+                    config: NetworkConfig, base: AlignmentConfig) -> dict:
+    """Calibrations (pooled and per duration band, with thresholds) of ``score_candidates``
+    scores on the dev trials, for the scoring ``config`` asks for; and their dev EERs."""
+    from nessa.artifact import AlignmentArtifact
+
+    snorm = {"top_k": int(config.snorm_top_k), "features": list(config.snorm_feature_names)} \
+        if config.snorm_top_k else None
+    extra = {} if cohort is None else {"cohort_enroll": cohort[0], "cohort_runtime": cohort[1]}
+    probe = AlignmentArtifact(name="dev", kind=kind, source_version="dev", source_dim=trials.test_source.shape[1],
+                              source_weights_sha256="", target_version="dev",
+                              target_dim=trials.profile_target.shape[1], target_weights_sha256="",
+                              params={**params, **extra}, scoring={"snorm": snorm} if snorm else {})
+    features = probe.candidate_features(trials.test_source, trials.profile_target, trials.profile_source)
+    names = config.fused_feature_names
+    is_target = trials.is_target
+
+    def calibrate(rows: np.ndarray, feature_names: tuple[str, ...]) -> tuple[cal.LogisticCalibration, np.ndarray]:
+        mask = is_target[rows]
+        stacked = [features[name][rows] for name in feature_names]
+        table = np.stack([f.ravel() for f in stacked], axis=1)
+        calibration = cal.fit_logistic_calibration(table[mask.ravel()], table[~mask.ravel()], feature_names,
+                                                   prior=base.calibration_prior)
+        llr = calibration.llr(*stacked)
+        return calibration.with_thresholds(cal.operating_thresholds(llr[mask], llr[~mask]),
+                                           base.default_threshold), llr
+
+    everything = np.ones(len(trials.test_seconds), dtype=bool)
+    fused, fused_llr = calibrate(everything, names)
+    cross, cross_llr = calibrate(everything, ("cross_cosine",))
+    section = {"fused_features": list(names), "fused": fused.to_dict(), "cross": cross.to_dict()}
+    if snorm:
+        section["snorm"] = snorm
+    edges = config.band_edges
+    if edges:
+        bands, lower = [], 0.0
+        banded_llr = np.empty_like(fused_llr)
+        for upper in list(edges) + [None]:
+            rows = (trials.test_seconds >= lower) & (trials.test_seconds < (np.inf if upper is None else upper))
+            if not rows.any() or is_target[rows].all() or not is_target[rows].any():
+                raise ValueError(f"duration band [{lower}, {upper}) has no dev tests with both trial kinds")
+            band_fused, band_llr = calibrate(rows, names)
+            band_cross, _ = calibrate(rows, ("cross_cosine",))
+            banded_llr[rows] = band_llr
+            bands.append({"max_seconds": upper, "fused": band_fused.to_dict(), "cross": band_cross.to_dict()})
+            lower = upper
+        section["duration_bands"] = bands
+        fused_llr = banded_llr
+    report = {}
+    for label, llr in (("fused", fused_llr), ("cross", cross_llr)):
+        report[label] = {"pooled": round(100 * metrics.equal_error_rate(llr[is_target], llr[~is_target])[0], 3)}
+        for seconds in np.unique(trials.test_seconds):
+            rows = trials.test_seconds == seconds
+            report[label][f"{seconds:g}s"] = round(
+                100 * metrics.equal_error_rate(llr[rows][is_target[rows]], llr[rows][~is_target[rows]])[0], 3)
+    section["metrics"] = {"dev_eer_percent": report}
+    return section
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -386,6 +555,14 @@ def train_network_alignment(source, target, corpora: Sequence[tuple[str, list[Ut
 
     all_pairs = build_pairs(files, domains, all_speakers, config)
     params = fit_network(all_pairs, config, seed, checkpoint_dir=checkpoints, progress=progress)
+    scoring = {}
+    if config.rich_scoring:
+        primary_files = [item for item in files if domains[item.path] == corpora[0][0]]
+        dev_cohort = cohort_vectors(primary_files, set(fit_primary)) if config.snorm_top_k else None
+        scoring = scoring_section(config.kind, params_dev, dev_cohort, trials, config, base)
+        if config.snorm_top_k:  # the shipped cohort: every speaker of the primary corpus
+            params = {**params, **dict(zip(("cohort_enroll", "cohort_runtime"),
+                                           cohort_vectors(primary_files, primary)))}
     finished = time.monotonic()
     evaluation = dev_evaluation(
         {"fit_speakers": len(fit_speakers), "dev_speakers": len(dev_speakers),
@@ -406,7 +583,7 @@ def train_network_alignment(source, target, corpora: Sequence[tuple[str, list[Ut
               "fit_speakers": sorted(fit_speakers), "dev_speakers": dev_speakers},
         data_sha256=data_sha256, metrics=evaluation,
         calibration=cross_calibration.to_dict(), fusion=fused_calibration.to_dict(),
-        command=command, created_at=utc_now())
+        command=command, created_at=utc_now(), scoring=scoring)
     artifact.save(out_dir)
     return artifact
 

@@ -73,11 +73,31 @@ def upgrade_experiment(files: Sequence[FileEmbeddings], data, artifact: Alignmen
             l2_normalise(tr) @ l2_normalise(er).T, artifact.cross_cosine(tr, ee)),
     }
     eers = {name: all_pairs_eers(data, fn) for name, fn in systems.items()}
+    if artifact.scoring:  # the artifact's own runtime scoring (S-norm, features, duration bands)
+        cross_name = f"(b) GE2E query → CAM++ profile ({artifact.name})"
+        eers[cross_name] = _candidate_eers(data, artifact, fused=False)
+        eers["(b) + fusion (shipped runtime score)"] = _candidate_eers(data, artifact, fused=True)
     old, new = eers["old: GE2E both sides"], eers["new: CAM++ both sides"]
     gains = {name: {c: gain_recovered(old[c], new[c], values[c]) for c in values}
              for name, values in eers.items()}
     return {"conditions": list(data.tests), "eer": eers, "gain": gains,
             "reverse_alignment": {"kind": kind, "hyper": reverse.hyper, "dev_eer_percent": dev}}
+
+
+def _candidate_eers(data, artifact: AlignmentArtifact, fused: bool) -> dict:
+    """All-pairs EER % per condition of ``score_candidates`` (with each test's duration)."""
+    from nessa import metrics
+
+    n = len(data.speakers)
+    same = data.speakers[:, None] == data.speakers[None, :]
+    valid = ~np.eye(n, dtype=bool)
+    out = {}
+    for condition, (_, test_r) in data.tests.items():
+        seconds = None if data.test_seconds is None else data.test_seconds.get(condition)
+        scores, _ = artifact.score_candidates(test_r, data.enroll_full, data.runtime_full if fused else None,
+                                              seconds=seconds)
+        out[condition] = 100 * metrics.equal_error_rate(scores[same & valid], scores[~same & valid])[0]
+    return out
 
 
 def markdown(result: dict) -> str:

@@ -9,6 +9,7 @@ import pytest
 
 from nessa import calibration as cal
 from nessa import evaluation as ev
+from nessa import metrics
 from nessa.artifact import AlignmentArtifact
 from nessa.data import ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbeddings, SegmentPlan
 from nessa.linear import fit_ridge
@@ -238,3 +239,30 @@ def test_real_speech_three_speakers(tmp_path):
     assert pairs["enroll_sym"] < pairs["ridge-ge2e256-to-campplus192-v1"]
     assert pairs["ridge-ge2e256-to-campplus192-v1+fused"] < pairs["ridge-ge2e256-to-campplus192-v1"]
     assert outcome.row("enroll_sym", "full", "profile")["top1"] >= 90.0
+
+
+def test_an_artifact_with_its_own_scoring_is_evaluated_through_score_candidates():
+    import dataclasses
+
+    provider = SyntheticProvider()
+    plain = synthetic_artifact(provider)
+    files = provider.anchor_files()
+    cohort_e = l2_normalise(np.stack([f.target.mean(axis=0) for f in files]))
+    cohort_r = l2_normalise(np.stack([f.source.mean(axis=0) for f in files]))
+    names = ("runtime_cosine", "cross_cosine", "aligned_runtime_cosine")
+    fused = cal.LogisticCalibration(names, (1.0, 1.0, 1.0), 0.0, thresholds={"far_0.1pct": 3.0})
+    cross = cal.LogisticCalibration(("cross_cosine",), (1.0,), 0.0, thresholds={"far_0.1pct": 2.0})
+    rich = dataclasses.replace(plain, name="synthetic-rich",
+                               params={**plain.params, "cohort_enroll": cohort_e, "cohort_runtime": cohort_r},
+                               scoring={"snorm": {"top_k": 5, "features": ["runtime_cosine", "cross_cosine"]},
+                                        "fused": fused.to_dict(), "cross": cross.to_dict()})
+    result = run(provider, artifacts=[plain, rich])
+    data = provider.evaluation_set(ev.make_conditions((2.0, 1.0), None))
+    n = len(data.speakers)
+    same, valid = data.speakers[:, None] == data.speakers[None, :], ~np.eye(n, dtype=bool)
+    for condition, (_, test_r) in data.tests.items():
+        llr, _ = rich.score_candidates(test_r, data.enroll_full, data.runtime_full)
+        expected = 100 * metrics.equal_error_rate(llr[same & valid], llr[~same & valid])[0]
+        assert result.row("synthetic-rich+fused", condition, "all_pairs")["eer"] == pytest.approx(expected)
+    assert ev.artifact_systems(rich)[1].threshold == 3.0
+    assert ev.benchmark_scoring(rich, n_candidates=10, repeats=50)["p50_us"] > 0

@@ -368,3 +368,68 @@ def test_a_cca_alignment_trains_and_round_trips(tmp_path):
     queries, profiles = l2_normalise(np.ones((3, 24))), l2_normalise(np.ones((2, 16)))
     assert loaded.output_dim == 6 and loaded.cross_cosine(queries, profiles).shape == (3, 2)
     np.testing.assert_array_equal(loaded.cross_cosine(queries, profiles), artifact.cross_cosine(queries, profiles))
+
+
+# ----------------------------------------------------------------------------- candidate scoring
+def test_score_candidates_without_scoring_equals_the_per_profile_calls():
+    rng = np.random.default_rng(5)
+    artifact = make_artifact(rng)
+    queries = rng.normal(size=(3, 12)).astype(np.float32)
+    enroll = rng.normal(size=(4, 8)).astype(np.float32)
+    runtime = rng.normal(size=(4, 12)).astype(np.float32)
+    runtime[1] = np.nan  # this profile has no runtime-space vector: alignment path
+    llr, fused = artifact.score_candidates(queries, enroll, runtime)
+    assert llr.shape == (3, 4) and fused.tolist() == [True, False, True, True]
+    cross = artifact.cross_cosine(queries, enroll)
+    light = l2_normalise(queries) @ l2_normalise(runtime[[0, 2, 3]]).T
+    np.testing.assert_allclose(llr[:, [0, 2, 3]], artifact.score_fused(light, cross[:, [0, 2, 3]]), atol=1e-5)
+    np.testing.assert_allclose(llr[:, 1], artifact.score_cross(cross[:, 1]), atol=1e-5)
+    single, _ = artifact.score_candidates(queries[0], enroll, runtime)
+    np.testing.assert_allclose(single, llr[0], atol=1e-6)
+    assert artifact.candidate_threshold() == artifact.threshold()
+
+
+def test_adaptive_snorm_removes_per_side_offsets():
+    from nessa.artifact import adaptive_snorm
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(4, 5))
+    q_cohort, p_cohort = rng.normal(size=(4, 30)), rng.normal(size=(5, 30))
+    shifted = adaptive_snorm(base + 3.0, q_cohort + 3.0, p_cohort + 3.0, 10)
+    np.testing.assert_allclose(shifted, adaptive_snorm(base, q_cohort, p_cohort, 10), atol=1e-9)
+    # a query whose cohort scores are all high (a "hub") gets its scores pulled down
+    hub = q_cohort.copy()
+    hub[0] += 1.0
+    assert np.all(adaptive_snorm(base, hub, p_cohort, 10)[0] < adaptive_snorm(base, q_cohort, p_cohort, 10)[0])
+
+
+def test_scoring_with_cohort_bands_round_trips_and_uses_the_band(tmp_path):
+    rng = np.random.default_rng(7)
+    artifact = make_artifact(rng)
+    params = dict(artifact.params, cohort_enroll=rng.normal(size=(20, 8)), cohort_runtime=rng.normal(size=(20, 12)))
+    short = cal.LogisticCalibration(("runtime_cosine", "cross_cosine", "aligned_runtime_cosine"), (1.0, 2.0, 3.0),
+                                    0.5, thresholds={"far_0.1pct": 1.5})
+    long = cal.LogisticCalibration(("runtime_cosine", "cross_cosine", "aligned_runtime_cosine"), (3.0, 1.0, 0.5),
+                                   -0.5, thresholds={"far_0.1pct": 2.5})
+    cross = cal.LogisticCalibration(("cross_cosine",), (2.0,), 0.0, thresholds={"far_0.1pct": 2.0})
+    scoring = {"snorm": {"top_k": 5, "features": ["runtime_cosine", "cross_cosine"]},
+               "fused": long.to_dict(), "cross": cross.to_dict(),
+               "duration_bands": [{"max_seconds": 1.5, "fused": short.to_dict(), "cross": cross.to_dict()},
+                                  {"max_seconds": None, "fused": long.to_dict(), "cross": cross.to_dict()}]}
+    import dataclasses
+
+    artifact = dataclasses.replace(artifact, params=params, scoring=scoring)
+    loaded = AlignmentArtifact.load(artifact.save(tmp_path))
+    assert loaded.sha256 == artifact.sha256 and loaded.scoring == scoring
+    queries, enroll, runtime = rng.normal(size=(2, 12)), rng.normal(size=(3, 8)), rng.normal(size=(3, 12))
+    feats = loaded.candidate_features(queries, enroll, runtime)
+    assert set(feats) == {"runtime_cosine", "cross_cosine", "aligned_runtime_cosine"}
+    assert not np.allclose(feats["cross_cosine"], loaded.cross_cosine(queries, enroll))  # S-normed
+    one, _ = loaded.score_candidates(queries, enroll, runtime, seconds=1.0)
+    three, _ = loaded.score_candidates(queries, enroll, runtime, seconds=3.0)
+    names = short.features
+    np.testing.assert_allclose(one, short.llr(*[feats[n] for n in names]), atol=1e-6)
+    np.testing.assert_allclose(three, long.llr(*[feats[n] for n in names]), atol=1e-6)
+    assert loaded.candidate_threshold() == 2.5 and loaded.candidate_threshold(fused=False) == 2.0
+    per_query, _ = loaded.score_candidates(queries, enroll, runtime, seconds=np.array([1.0, 3.0]))
+    np.testing.assert_allclose(per_query, np.stack([one[0], three[1]]), atol=1e-9)

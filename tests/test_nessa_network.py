@@ -117,3 +117,58 @@ def test_network_artifact_round_trip(arch, tmp_path):
     cross = loaded.cross_cosine(pairs.x[:3], pairs.y[:5])
     assert cross.shape == (3, 5) and np.all(np.abs(cross) <= 1 + 1e-5)
     np.testing.assert_array_equal(loaded.score_fused(cross, cross), artifact.score_fused(cross, cross))
+
+
+def test_wise_soup_and_frozen_linear_are_what_they_claim():
+    pairs = synthetic_pairs()
+    base = {**SMALL, "arch": "twotower", "init": "cca"}
+    from nessa.train_network import _fit_one, build_module as _unused  # noqa: F401
+    initial, trained = _fit_one(pairs, NetworkConfig(**base), 0, 0, checkpoint_dir=None, progress=False, log=None,
+                                eval_fn=None)
+    # wise_alpha = 1 is the plain run; 0 the initial (CCA) weights; 0.5 halfway, array by array
+    plain = fit_network(pairs, NetworkConfig(**base), seed=0, progress=False)
+    for key in plain:
+        np.testing.assert_array_equal(plain[key], trained[key])
+    at_init = fit_network(pairs, NetworkConfig(**base, wise_alpha=0.0), seed=0, progress=False)
+    half = fit_network(pairs, NetworkConfig(**base, wise_alpha=0.5), seed=0, progress=False)
+    for key in plain:
+        np.testing.assert_allclose(at_init[key], initial[key], atol=1e-7)
+        np.testing.assert_allclose(half[key], (initial[key] + trained[key]) / 2, atol=1e-6)
+    # a soup of 2 is the mean of the runs with batch seeds 0 and 1 (same initial weights)
+    _, second = _fit_one(pairs, NetworkConfig(**base), 0, 1, checkpoint_dir=None, progress=False, log=None,
+                         eval_fn=None)
+    souped = fit_network(pairs, NetworkConfig(**base, soup=2), seed=0, progress=False)
+    for key in plain:
+        np.testing.assert_allclose(souped[key], (trained[key] + second[key]) / 2, atol=1e-6)
+    # frozen linear parts stay at their CCA values while the residual branches move
+    frozen = fit_network(pairs, NetworkConfig(**base, freeze_linear=True), seed=0, progress=False)
+    np.testing.assert_array_equal(frozen["weight"], initial["weight"])
+    np.testing.assert_array_equal(frozen["t_weight"], initial["t_weight"])
+    assert not np.array_equal(frozen["w2"], initial["w2"])
+
+
+def test_network_training_with_rich_scoring_builds_a_working_artifact(tmp_path):
+    from tests.test_nessa import SMALL_CONFIG, SpectralEmbedder, read_wav, write_synthetic_corpus
+    from nessa.data import list_utterances
+    from nessa.train_network import train_network_alignment
+
+    corpus = write_synthetic_corpus(tmp_path / "corpus", n_speakers=10, seconds=4.0)
+    source, target = SpectralEmbedder("fake-src", 24, 1), SpectralEmbedder("fake-tgt", 16, 2)
+    config = NetworkConfig(**{**SMALL, "arch": "twotower", "init": "cca", "snorm_top_k": 3, "wise_alpha": 0.5,
+                              "fused_features": "runtime_cosine,cross_cosine,aligned_runtime_cosine",
+                              "duration_bands": "0.75"})
+    artifact = train_network_alignment(source, target, [("synthetic", list_utterances(corpus))],
+                                       out_dir=tmp_path / "out", name="rich", config=config, seed=0,
+                                       cache_dir=tmp_path / "cache" / "embeddings", progress=False,
+                                       load_audio=read_wav, base={**SMALL_CONFIG, "cca_components": 8})
+    loaded = AlignmentArtifact.load(tmp_path / "out" / "rich")
+    assert loaded.sha256 == artifact.sha256
+    scoring = loaded.scoring
+    assert scoring["snorm"]["top_k"] == 3 and [b["max_seconds"] for b in scoring["duration_bands"]] == [0.75, None]
+    assert loaded.params["cohort_enroll"].shape == (10, 16) and loaded.params["cohort_runtime"].shape == (10, 24)
+    assert set(scoring["metrics"]["dev_eer_percent"]["fused"]) >= {"pooled", "0.5s", "1s"}
+    rng = np.random.default_rng(0)
+    queries, enroll, runtime = rng.normal(size=(3, 24)), rng.normal(size=(4, 16)), rng.normal(size=(4, 24))
+    llr, fused = loaded.score_candidates(queries, enroll, runtime, seconds=[0.5, 1.0, 2.0])
+    assert llr.shape == (3, 4) and fused.all() and np.isfinite(llr).all()
+    assert np.isfinite(loaded.candidate_threshold()) and loaded.candidate_threshold() != loaded.threshold()
