@@ -27,8 +27,8 @@ import numpy as np
 import soundfile as sf
 
 OLD_PATH = "ridge-ge2e256-to-ge2e256-v1"
-TWO_TOWER = "nessa-twotower-ge2e256-to-campplus192-v1"
-INT8_PATH = "nessa-twotower-ge2e256int8-to-campplus192-v1"  # int8 ONNX GE2E queries vs CAM++ profiles
+TWO_TOWER = "nessa-twotower-ge2e256-to-campplus192-v2"
+INT8_PATH = "nessa-twotower-ge2e256int8-to-campplus192-v2"  # int8 ONNX GE2E queries vs CAM++ profiles
 BRIDGE = "ridge-ge2e256-to-campplus192-v1"
 N_ENROLL = 3
 

@@ -16,7 +16,6 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from speechcore.embedder import l2_normalise
 
 UNKNOWN_PREFIX = "unknown-"
 
@@ -77,21 +76,15 @@ class ClusterName:
 
 def score_matrix(artifact, runtime_centroids: np.ndarray, gallery: Gallery
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(LLR, threshold, fused?) matrices of shape (clusters, profiles)."""
-    aligned = artifact.transform(runtime_centroids)
-    cross = aligned @ artifact.transform_target(gallery.enrollment_vectors).T
-    llr = np.asarray(artifact.score_cross(cross), dtype=np.float64)
-    thresholds = np.full(llr.shape, artifact.threshold(fused=False))
-    fused_mask = np.zeros(llr.shape, dtype=bool)
-    if gallery.runtime_vectors is not None:
-        has_runtime = ~np.isnan(gallery.runtime_vectors).any(axis=1)
-        if has_runtime.any():
-            runtime_cos = l2_normalise(runtime_centroids) @ l2_normalise(
-                np.nan_to_num(gallery.runtime_vectors)).T
-            fused = np.asarray(artifact.score_fused(runtime_cos, cross), dtype=np.float64)
-            llr[:, has_runtime] = fused[:, has_runtime]
-            thresholds[:, has_runtime] = artifact.threshold(fused=True)
-            fused_mask[:, has_runtime] = True
+    """(LLR, threshold, fused?) matrices of shape (clusters, profiles), scored by the
+    artifact exactly as identification scores a query (`score_candidates`): fused where the
+    profile has a runtime vector (rows of NaN: none), the alignment alone otherwise."""
+    runtime = gallery.runtime_vectors
+    llr, fused = artifact.score_candidates(np.atleast_2d(runtime_centroids), gallery.enrollment_vectors, runtime)
+    llr = np.atleast_2d(np.asarray(llr, dtype=np.float64))
+    fused_mask = np.broadcast_to(np.asarray(fused, dtype=bool)[None, :], llr.shape).copy()
+    thresholds = np.where(fused_mask, artifact.candidate_threshold(fused=True),
+                          artifact.candidate_threshold(fused=False))
     return llr, thresholds, fused_mask
 
 

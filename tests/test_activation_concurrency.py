@@ -71,7 +71,7 @@ def test_identify_during_activation_and_rollback(harness):
     with harness.services.session() as session:
         deployments = dict(session.execute(sa.select(models.Deployment.id, models.Deployment.alignment)).all())
     assert len(deployments) > 3, "the path was switched during the requests"
-    thresholds = {name: {fused: harness.services.paths.load(name).threshold(fused=fused) for fused in (True, False)}
+    thresholds = {name: {fused: harness.services.paths.load(name).candidate_threshold(fused=fused) for fused in (True, False)}
                   for name in (RIDGE, default)}
     seen = set()
     for name, status, body in results:

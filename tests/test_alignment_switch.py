@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import REPO_ROOT, requires_shared_data
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
-TWO_TOWER = REPO_ROOT / "nessa" / "artifacts" / "nessa-twotower-ge2e256-to-campplus192-v1"
+TWO_TOWER = REPO_ROOT / "nessa" / "artifacts" / "nessa-twotower-ge2e256-to-campplus192-v2"
 
 
 def test_identify_with_each_bundled_alignment(harness):

@@ -145,7 +145,15 @@ class _StubArtifact:
     def score_fused(self, runtime, cross):
         return 5 * (np.asarray(runtime) - 0.5) + 5 * (np.asarray(cross) - 0.5)
 
-    def threshold(self, fused=True):
+    def score_candidates(self, queries, profile_enroll, profile_runtime=None):
+        cross = self.transform(queries) @ self.transform_target(profile_enroll).T
+        if profile_runtime is None:
+            return self.score_cross(cross), np.zeros(len(profile_enroll), dtype=bool)
+        fused = ~np.isnan(profile_runtime).any(axis=1)
+        runtime = self.transform(queries) @ self.transform(np.nan_to_num(profile_runtime, nan=1.0)).T
+        return np.where(fused[None, :], self.score_fused(runtime, cross), self.score_cross(cross)), fused
+
+    def candidate_threshold(self, fused=True):
         return 0.0
 
 

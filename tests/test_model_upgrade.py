@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.data, pytest.mark.slow]
 
 OLD_PATH = "ridge-ge2e256-to-ge2e256-v1"            # GE2E both sides (near-identity map, calibrated)
 BRIDGE = "ridge-ge2e256-to-campplus192-v1"          # maps GE2E vectors into the CAM++ space itself
-INT8_PATH = "nessa-twotower-ge2e256int8-to-campplus192-v1"  # int8 ONNX GE2E queries vs CAM++ profiles
-TWO_TOWER = "nessa-twotower-ge2e256-to-campplus192-v1"
+INT8_PATH = "nessa-twotower-ge2e256int8-to-campplus192-v2"  # int8 ONNX GE2E queries vs CAM++ profiles
+TWO_TOWER = "nessa-twotower-ge2e256-to-campplus192-v2"
 #: a step may lose at most this much identification accuracy (points) against the step before
 TOLERANCE = 10.0
 N_SPEAKERS, N_ENROLL, N_TEST = 6, 2, 2

@@ -89,15 +89,16 @@ def measure_paths(services, artifacts: list, folder: pathlib.Path, *, n_enroll: 
         profiles = np.stack([l2_normalise(model.embed(enroll_speech[n]).mean(axis=0)) for n in names])
         embeddings[version] = (profiles, model.embed([q[2] for q in queries]))
     labels = np.array([names.index(q[0]) for q in queries])
+    durations = np.array([len(q[2]) / 16000 for q in queries])
     conditions = np.array([q[1] for q in queries])
     results = []
     for artifact in artifacts:
         enroll_profiles = embeddings[artifact.target_version][0]
         runtime_profiles, query_vectors = embeddings[artifact.source_version]
-        cross = artifact.transform(query_vectors) @ artifact.transform_target(enroll_profiles).T
-        light = query_vectors @ runtime_profiles.T
-        llr = np.asarray(artifact.score_fused(light, cross), dtype=np.float64)
-        threshold = float(artifact.threshold(fused=True))
+        # exactly the service's scoring (recognition._score): every profile has both vectors
+        llr, _ = artifact.score_candidates(query_vectors, enroll_profiles, runtime_profiles, seconds=durations)
+        llr = np.asarray(llr, dtype=np.float64)
+        threshold = float(artifact.candidate_threshold(fused=True))
         figures = {}
         for condition in dict.fromkeys(conditions):
             rows = conditions == condition

@@ -60,7 +60,7 @@ def _profiles_untouched(artifact) -> bool:
     return entry[1]
 
 
-def _score(session, artifact, query_runtime, query_aligned, speaker_ids):
+def _score(session, artifact, query_runtime, speaker_ids, speech_s: float | None = None):
     """Exact calibrated scores for the given speakers; those without an enrollment-space
     profile are not scorable and are left out. Each value: (LLR, scoring path, bridged)."""
     enroll_space, runtime_space = artifact.target_version, artifact.source_version
@@ -72,24 +72,21 @@ def _score(session, artifact, query_runtime, query_aligned, speaker_ids):
         models.Profile.space == enroll_space, models.Profile.speaker_id.in_(list(enrolled)),
         models.Profile.n_bridged > 0)))
     order = list(enrolled)
-    # The artifact decides how a profile enters the comparison space (identity for ridge).
-    profile_side = artifact.transform_target(np.stack([enrolled[i] for i in order]))
-    cross_scores = dict(zip(order, (profile_side @ query_aligned).tolist()))
-    scored = {}
-    for speaker_id in order:
-        cross = float(cross_scores[speaker_id])
-        if speaker_id in runtime:
-            light = float(np.dot(query_runtime, runtime[speaker_id]))
-            scored[speaker_id] = (float(artifact.score_fused(light, cross)), "fused", speaker_id in bridged)
-        else:
-            scored[speaker_id] = (float(artifact.score_cross(cross)), "alignment", speaker_id in bridged)
-    return scored
+    # The artifact scores all candidates at once: its own comparison space, its own
+    # normalisation (S-norm cohort) and calibration; profiles without a runtime vector
+    # (NaN rows) are scored through the alignment alone.
+    missing = np.full(artifact.source_dim, np.nan, dtype=np.float32)
+    llr, fused = artifact.score_candidates(
+        query_runtime, np.stack([enrolled[i] for i in order]),
+        np.stack([runtime.get(i, missing) for i in order]), seconds=speech_s)
+    return {speaker_id: (float(llr[j]), "fused" if fused[j] else "alignment", speaker_id in bridged)
+            for j, speaker_id in enumerate(order)}
 
 
 def _threshold(artifact, path: str) -> float:
     """Both paths give calibrated LLRs, each with its own operating threshold (chosen for
     a target false-accept rate on the artifact's development trials)."""
-    return float(artifact.threshold(fused=(path == "fused")))
+    return float(artifact.candidate_threshold(fused=(path == "fused")))
 
 
 def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | None = None) -> dict:
@@ -111,7 +108,7 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
         hits += [(i, 0.0) for i in gallery.ids(artifact.target_version) if restrict is None or i in restrict]
     ids = sorted({speaker_id for speaker_id, _ in hits})
     with services.session() as session:
-        scored = _score(session, artifact, query_runtime, query_aligned, ids) if ids else {}
+        scored = _score(session, artifact, query_runtime, ids, prepared.speech_s) if ids else {}
         names = dict(session.execute(
             sa.select(models.Speaker.id, models.Speaker.name).where(models.Speaker.id.in_(list(scored)))).all())
     timings["search"] = (time.perf_counter() - t0) * 1e3
@@ -139,7 +136,7 @@ def verify(services, data: bytes, *, speaker_id: int) -> dict:
     artifact = path.artifact
     with services.session() as session:
         speaker = get_speaker(session, speaker_id)
-        scored = _score(session, artifact, query_runtime, query_aligned, [speaker_id])
+        scored = _score(session, artifact, query_runtime, [speaker_id], prepared.speech_s)
         name = speaker.name
     if speaker_id not in scored:
         raise ApiError(409, "speaker_not_enrolled",

@@ -137,7 +137,7 @@ def register_artifact(session, directory: pathlib.Path, *, actor: str = SYSTEM_A
     row = models.AlignmentArtifact(
         name=artifact.name, source_version=artifact.source_version,
         target_version=artifact.target_version, path=str(directory), sha256=artifact.sha256,
-        state="registered", threshold=float(artifact.operating_threshold),
+        state="registered", threshold=float(artifact.candidate_threshold(fused=True)),
         metrics=artifact.metrics, config=artifact.config)
     session.add(row)
     session.flush()
