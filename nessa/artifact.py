@@ -100,6 +100,9 @@ _register_network_kinds()
 #: arrays an artifact may carry besides its kind's params: the S-norm cohort (one row per
 #: cohort speaker, by each model), used by ``score_candidates`` when ``scoring["snorm"]``
 OPTIONAL_PARAM_SHAPES = {"cohort_enroll": ("cohort", "target_dim"), "cohort_runtime": ("cohort", "source_dim")}
+#: query-side S-norm: which query vector (raw runtime or aligned) meets which cohort space
+QUERY_COHORT_SPACES = {"cross_cosine": ("aligned", "aligned_target"), "runtime_cosine": ("runtime", "runtime"),
+                       "aligned_runtime_cosine": ("aligned", "aligned_source")}
 #: the raw scores ``score_candidates`` can fuse
 CANDIDATE_FEATURES = ("runtime_cosine", "cross_cosine", "aligned_runtime_cosine")
 
@@ -336,22 +339,17 @@ class AlignmentArtifact:
         if q.shape[1] != self.source_dim:
             raise ValueError(f"expected (N, {self.source_dim}) {self.source_version} embeddings, got {q.shape}")
         aligned_q = l2_normalise(KINDS[self.kind].transform_source(self.params, q))
-        m = prepared["m"]
-        stacks = self._query_stacks(prepared)
-        # one product per query-side space: profiles (and cohort, for S-norm) together
-        aligned_all = aligned_q @ stacks["aligned"]
-        out = {"cross_cosine": aligned_all[:, :m]}
-        runtime_all = None
+        out = {"cross_cosine": aligned_q @ prepared["aligned_enroll"].T}
         if "runtime" in prepared:
-            runtime_all = q @ stacks["runtime"]
-            out["runtime_cosine"] = runtime_all[:, :m]
-            out["aligned_runtime_cosine"] = aligned_all[:, m:2 * m]
+            out["runtime_cosine"] = q @ prepared["runtime"].T
+            out["aligned_runtime_cosine"] = aligned_q @ prepared["aligned_runtime"].T
         snorm = self.scoring.get("snorm")
         if snorm:
             k = int(snorm["top_k"])
+            cohort = self._cohort_transposed()
             for name, profile_stats in prepared.get("snorm", {}).items():
-                source, start, stop = stacks["cohort_columns"][name]
-                cohort_scores = (aligned_all if source == "aligned" else runtime_all)[:, start:stop]
+                side, space = QUERY_COHORT_SPACES[name]
+                cohort_scores = (aligned_q if side == "aligned" else q) @ cohort[space]
                 out[name] = snorm_with_stats(out[name], top_k_stats(cohort_scores, k), profile_stats)
         if "runtime" in prepared and not prepared["fused"].all():
             for name in ("runtime_cosine", "aligned_runtime_cosine"):
@@ -359,32 +357,14 @@ class AlignmentArtifact:
                 out[name][:, ~prepared["fused"]] = np.nan
         return out
 
-    def _query_stacks(self, prepared: dict) -> dict:
-        """Column-stacked right-hand sides of the per-query products (cached in ``prepared``)."""
-        stacks = prepared.get("_stacks")
-        if stacks is not None:
-            return stacks
-        aligned = [prepared["aligned_enroll"]]
-        runtime = []
-        if "runtime" in prepared:
-            aligned.append(prepared["aligned_runtime"])
-            runtime.append(prepared["runtime"])
-        columns = {}
-        if self.scoring.get("snorm"):
-            cohort = self._cohort()
-            spaces = {"cross_cosine": ("aligned", "aligned_target"), "runtime_cosine": ("runtime", "runtime"),
-                      "aligned_runtime_cosine": ("aligned", "aligned_source")}
-            for name in prepared.get("snorm", {}):
-                source, space = spaces[name]
-                blocks = aligned if source == "aligned" else runtime
-                start = sum(len(block) for block in blocks)
-                blocks.append(cohort[space])
-                columns[name] = (source, start, start + len(cohort[space]))
-        stacks = {"aligned": np.ascontiguousarray(np.concatenate(aligned).T),
-                  "runtime": np.ascontiguousarray(np.concatenate(runtime).T) if runtime else None,
-                  "cohort_columns": columns}
-        prepared["_stacks"] = stacks
-        return stacks
+    def _cohort_transposed(self) -> dict:
+        """The cohort matrices transposed and contiguous, for the per-query products
+        (computed once per artifact; the profile side is prepared per candidate set)."""
+        cached = self.__dict__.get("_cohort_t_cache")
+        if cached is None:
+            cached = {space: np.ascontiguousarray(vectors.T) for space, vectors in self._cohort().items()}
+            self.__dict__["_cohort_t_cache"] = cached
+        return cached
 
     def candidate_features(self, query_runtime: np.ndarray, profile_enroll: np.ndarray,
                            profile_runtime: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -414,6 +394,35 @@ class AlignmentArtifact:
             return (LogisticCalibration.from_dict(self.scoring["fused"]),
                     LogisticCalibration.from_dict(self.scoring["cross"]))
         return self.fused_calibration, self.cross_calibration
+
+    @staticmethod
+    def split_prepared(prepared: dict) -> list[dict]:
+        """``prepare_candidates`` output as one entry per profile, so a service can cache the
+        query-independent half of the scoring per profile (``merge_prepared`` reassembles)."""
+        rows = []
+        for i in range(prepared["m"]):
+            row = {"m": 1}
+            for key, value in prepared.items():
+                if key == "snorm":
+                    row[key] = {name: (mean[i:i + 1], sd[i:i + 1]) for name, (mean, sd) in value.items()}
+                elif key != "m":
+                    row[key] = value[i:i + 1]
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def merge_prepared(rows: list[dict]) -> dict:
+        """Entries of ``split_prepared`` (from calls with the same kind of input: all with or
+        all without runtime vectors) as one prepared candidate set, in the given order."""
+        merged = {"m": sum(row["m"] for row in rows)}
+        for key in rows[0]:
+            if key == "snorm":
+                merged[key] = {name: (np.concatenate([row[key][name][0] for row in rows]),
+                                      np.concatenate([row[key][name][1] for row in rows]))
+                               for name in rows[0][key]}
+            elif key != "m":
+                merged[key] = np.concatenate([row[key] for row in rows])
+        return merged
 
     def score_candidates(self, query_runtime: np.ndarray, profile_enroll: np.ndarray,
                          profile_runtime: np.ndarray | None = None, *,

@@ -11,6 +11,8 @@ used (one snapshot of the path in force per request).
 """
 from __future__ import annotations
 
+import collections
+import threading
 import time
 
 import numpy as np
@@ -73,14 +75,48 @@ def _score(session, artifact, query_runtime, speaker_ids, speech_s: float | None
         models.Profile.n_bridged > 0)))
     order = list(enrolled)
     # The artifact scores all candidates at once: its own comparison space, its own
-    # normalisation (S-norm cohort) and calibration; profiles without a runtime vector
-    # (NaN rows) are scored through the alignment alone.
-    missing = np.full(artifact.source_dim, np.nan, dtype=np.float32)
-    llr, fused = artifact.score_candidates(
-        query_runtime, np.stack([enrolled[i] for i in order]),
-        np.stack([runtime.get(i, missing) for i in order]), seconds=speech_s)
+    # normalisation (S-norm cohort) and calibration; profiles without a runtime vector are
+    # scored through the alignment alone. The query-independent half is cached per profile.
+    prepared = _PREPARED.get(artifact, [(i, enrolled[i], runtime.get(i)) for i in order])
+    llr, fused = artifact.score_prepared(query_runtime, prepared, seconds=speech_s)
     return {speaker_id: (float(llr[j]), "fused" if fused[j] else "alignment", speaker_id in bridged)
             for j, speaker_id in enumerate(order)}
+
+
+class PreparedProfiles:
+    """Per-profile cache of what an artifact computes about a candidate before seeing the
+    query (its vectors in the comparison space, its S-norm statistics). Keyed by the
+    artifact object (loaded once per name and checksum, and kept alive here so its id is
+    never reused) and the profile's vectors themselves, so a changed profile or another
+    artifact never meets a stale entry."""
+
+    def __init__(self, max_entries: int = 200_000):
+        self.max_entries = max_entries
+        self._rows: collections.OrderedDict = collections.OrderedDict()
+        self._artifacts: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, artifact, profiles: list[tuple[int, np.ndarray, np.ndarray | None]]) -> dict:
+        keys = [(id(artifact), speaker_id, enroll.tobytes(), None if rt is None else rt.tobytes())
+                for speaker_id, enroll, rt in profiles]
+        with self._lock:
+            self._artifacts.setdefault(id(artifact), artifact)
+            rows = [self._rows.get(key) for key in keys]
+        missing = [j for j, row in enumerate(rows) if row is None]
+        if missing:
+            nan = np.full(artifact.source_dim, np.nan, dtype=np.float32)
+            fresh = artifact.split_prepared(artifact.prepare_candidates(
+                np.stack([profiles[j][1] for j in missing]),
+                np.stack([nan if profiles[j][2] is None else profiles[j][2] for j in missing])))
+            with self._lock:
+                for j, row in zip(missing, fresh):
+                    rows[j] = self._rows[keys[j]] = row
+                while len(self._rows) > self.max_entries:
+                    self._rows.popitem(last=False)
+        return artifact.merge_prepared(rows)
+
+
+_PREPARED = PreparedProfiles()
 
 
 def _threshold(artifact, path: str) -> float:
