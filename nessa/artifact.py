@@ -128,6 +128,12 @@ def _jsonable(value):
     raise TypeError(f"cannot store {type(value).__name__} in artifact.json")
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length: l2_normalise for the per-query path, without the
+    overhead of np.linalg.norm on a single row (this runs once per identify request)."""
+    return x / np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-12)[:, None]
+
+
 def top_k_stats(cohort_scores: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sd of each row's ``top_k`` highest cohort scores (adaptive S-norm)."""
     k = max(1, min(int(top_k), cohort_scores.shape[1]))
@@ -335,10 +341,10 @@ class AlignmentArtifact:
     def score_features(self, query_runtime: np.ndarray, prepared: dict) -> dict[str, np.ndarray]:
         """Raw (N queries, M profiles) scores against prepared candidates, S-normalised where
         ``scoring["snorm"]`` says (NaN for profiles without a runtime vector)."""
-        q = l2_normalise(np.atleast_2d(np.asarray(query_runtime, dtype=np.float32)))
+        q = _unit_rows(np.atleast_2d(np.asarray(query_runtime, dtype=np.float32)))
         if q.shape[1] != self.source_dim:
             raise ValueError(f"expected (N, {self.source_dim}) {self.source_version} embeddings, got {q.shape}")
-        aligned_q = l2_normalise(KINDS[self.kind].transform_source(self.params, q))
+        aligned_q = _unit_rows(KINDS[self.kind].transform_source(self.params, q))
         out = {"cross_cosine": aligned_q @ prepared["aligned_enroll"].T}
         if "runtime" in prepared:
             out["runtime_cosine"] = q @ prepared["runtime"].T
