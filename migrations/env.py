@@ -54,10 +54,22 @@ def run_migrations_offline() -> None:
 
 
 def _run_with(connection) -> None:
-    # SQLite cannot ALTER most things in place; batch mode rebuilds the table instead
-    _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # SQLite cannot ALTER most things in place; batch mode rebuilds the table instead,
+        # and dropping the old copy of a table other tables reference would trip (or, with
+        # ON DELETE CASCADE, empty) them: keys are checked once, after the migration
+        connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
+        connection.commit()  # end the autobegun transaction, so the migration's own commits
+    _configure(connection=connection, render_as_batch=sqlite)
     with context.begin_transaction():
         context.run_migrations()
+    if sqlite:
+        problems = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        connection.exec_driver_sql("PRAGMA foreign_keys = ON")
+        connection.commit()
+        if problems:
+            raise RuntimeError(f"migration left rows violating foreign keys: {problems[:5]}")
 
 
 def run_migrations_online() -> None:

@@ -226,3 +226,40 @@ def test_sqlite_connection_settings(tmp_path):
         engine.dispose()
     assert db.is_sqlite("sqlite:///x.db")
     assert not db.is_sqlite("postgresql+psycopg://postgres@127.0.0.1/test")
+
+
+def test_registry_migration_keeps_existing_data(database_url):
+    """A database enrolled under revision 0001 upgrades to the registry schema with its
+    speakers, embeddings and profiles intact, and downgrades back."""
+    db.upgrade(database_url, "0001")
+    engine = db.make_engine(database_url)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    vector = np.ones(192, np.float32).tobytes()
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text(
+                "INSERT INTO model_versions (id, name, role, dim, weights_sha256, state, created_at) "
+                "VALUES (1, 'campplus-192', 'enroll', 192, :sha, 'active', :now)"), {"sha": "0" * 64, "now": now})
+            connection.execute(sa.text("INSERT INTO speakers (id, name, created_at, updated_at) "
+                                       "VALUES (1, 'Ada', :now, :now)"), {"now": now})
+            connection.execute(sa.text(
+                "INSERT INTO enrollments (id, speaker_id, status, audio_sha256, audio_bytes, duration_s, created_at) "
+                "VALUES (1, 1, 'done', :sha, 10, 3.5, :now)"), {"sha": "0" * 64, "now": now})
+            connection.execute(sa.text(
+                "INSERT INTO embeddings (id, enrollment_id, speaker_id, model_version, space, dim, vector, created_at) "
+                "VALUES (1, 1, 1, 'campplus-192', 'campplus-192', 192, :v, :now)"), {"v": vector, "now": now})
+            connection.execute(sa.text(
+                "INSERT INTO profiles (id, speaker_id, space, model_version, dim, vector, n_embeddings, updated_at) "
+                "VALUES (1, 1, 'campplus-192', 'campplus-192', 192, :v, 1, :now)"), {"v": vector, "now": now})
+        db.upgrade(database_url)
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT n_bridged FROM profiles")).scalar_one() == 0
+            row = connection.execute(sa.text("SELECT model_version, space, via_alignment FROM embeddings")).one()
+            assert tuple(row) == ("campplus-192", "campplus-192", None)
+            assert connection.execute(sa.text("SELECT count(*) FROM deployments")).scalar_one() == 0
+        db.downgrade(database_url, "0001")
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM embeddings")).scalar_one() == 1
+            assert connection.execute(sa.text("SELECT count(*) FROM profiles")).scalar_one() == 1
+    finally:
+        engine.dispose()
