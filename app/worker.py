@@ -42,3 +42,33 @@ def build_worker(services, *, worker_id: str | None = None) -> jobs.Worker:
                        worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}",
                        lease_seconds=services.settings.job_lease_seconds,
                        poll_seconds=services.settings.worker_poll_seconds, on_lost=_job_lost)
+
+
+def run_pending(services, *, worker_id: str, wait: bool = False, timeout_s: float = 600,
+                max_jobs: int = 100_000) -> int:
+    """Run queued jobs in this thread until none is runnable (tests, benchmarks, one-shot
+    tools). With ``wait``, also wait for jobs queued for later (a parent waiting on its
+    children, a retry after backoff) until no job is queued or running."""
+    import time
+
+    import sqlalchemy as sa
+
+    from app import models
+
+    worker = build_worker(services, worker_id=worker_id)
+    done, deadline = 0, time.monotonic() + timeout_s
+    while done < max_jobs:
+        if worker.run_once():
+            done += 1
+            continue
+        if not wait:
+            break
+        with services.session() as session:
+            pending = session.scalar(sa.select(sa.func.count()).select_from(models.Job)
+                                     .where(models.Job.status.in_(["queued", "running"])))
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{pending} jobs still pending after {timeout_s} s")
+        time.sleep(0.05)
+    return done

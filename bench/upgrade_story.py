@@ -61,21 +61,9 @@ class Api:
         return self.client.get(url, headers=self.headers).get_json()
 
     def drain(self):
-        from app.worker import build_worker
+        from app.worker import run_pending
 
-        worker = build_worker(self.services, worker_id="bench")
-        import sqlalchemy as sa
-
-        from app import models
-        while True:
-            if worker.run_once():
-                continue
-            with self.services.session() as session:
-                pending = session.scalar(sa.select(sa.func.count()).select_from(models.Job)
-                                         .where(models.Job.status.in_(["queued", "running"])))
-            if not pending:
-                return
-            time.sleep(0.05)
+        run_pending(self.services, worker_id="bench", wait=True)
 
 
 def _wav_bytes(wav: np.ndarray) -> bytes:

@@ -155,32 +155,12 @@ class ServiceHarness:
         return {"Authorization": f"Bearer {self.keys[scope]}"}
 
     def drain_jobs(self, max_jobs: int = 1000, *, wait: bool = False, timeout_s: float = 600) -> int:
-        """Run queued jobs to completion in this process (what a worker would do). With
-        ``wait``, also wait for jobs queued for later (a parent waiting on its children,
-        a retry after backoff) until none is left."""
-        import time
+        """Run queued jobs to completion in this process (what a worker would do); with
+        ``wait``, also jobs queued for later (a parent waiting on its children)."""
+        from app.worker import run_pending
 
-        import sqlalchemy as sa
-
-        from app import models
-        from app.worker import build_worker
-
-        worker = build_worker(self.services, worker_id="test-worker")
-        done, deadline = 0, time.monotonic() + timeout_s
-        while done < max_jobs:
-            if worker.run_once():
-                done += 1
-                continue
-            if not wait:
-                break
-            with self.services.session() as session:
-                pending = session.scalar(sa.select(sa.func.count()).select_from(models.Job)
-                                         .where(models.Job.status.in_(["queued", "running"])))
-            if not pending:
-                break
-            assert time.monotonic() < deadline, f"{pending} jobs still pending after {timeout_s} s"
-            time.sleep(0.05)
-        return done
+        return run_pending(self.services, worker_id="test-worker", wait=wait, timeout_s=timeout_s,
+                           max_jobs=max_jobs)
 
     def create_speaker(self, name: str, **extra) -> int:
         response = self.client.post("/v1/speakers", json={"name": name, **extra}, headers=self.headers("enroll"))

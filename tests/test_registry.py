@@ -16,6 +16,17 @@ TWO_TOWER = "nessa-twotower-ge2e256-to-campplus192-v1"
 GE2E_BOTH_SIDES = "ridge-ge2e256-to-ge2e256-v1"
 
 
+def _done_enrollment(session, name: str) -> models.Enrollment:
+    speaker = models.Speaker(name=name)
+    session.add(speaker)
+    session.flush()
+    enrollment = models.Enrollment(speaker_id=speaker.id, status="done", audio_sha256="0" * 64, audio_bytes=1,
+                                   duration_s=1.0)
+    session.add(enrollment)
+    session.flush()
+    return enrollment
+
+
 def _overview(harness, scope="identify"):
     response = harness.client.get("/v1/models", headers=harness.headers(scope))
     assert response.status_code == 200, response.get_json()
@@ -175,14 +186,9 @@ def test_switching_enrollment_space_needs_every_speaker_there(harness):
 ])
 def test_spaces_cannot_be_mixed(harness, space, dim, model_version, via):
     with harness.services.session() as session:
-        speaker = models.Speaker(name="x")
-        session.add(speaker)
-        session.flush()
-        enrollment = models.Enrollment(speaker_id=speaker.id, status="done", audio_sha256="0" * 64, audio_bytes=1,
-                                       duration_s=1.0)
-        session.add(enrollment)
-        session.flush()
-        session.add(models.Embedding(enrollment_id=enrollment.id, speaker_id=speaker.id, model_version=model_version,
+        enrollment = _done_enrollment(session, "x")
+        session.add(models.Embedding(enrollment_id=enrollment.id, speaker_id=enrollment.speaker_id,
+                                     model_version=model_version,
                                      space=space, dim=dim, vector=FloatVector.to_bytes(np.zeros(dim, np.float32)),
                                      via_alignment=via))
         with pytest.raises(sa.exc.IntegrityError):
@@ -202,14 +208,9 @@ def test_spaces_cannot_be_mixed(harness, space, dim, model_version, via):
 
 def test_a_bridged_embedding_names_its_alignment(harness):
     with harness.services.session() as session:
-        speaker = models.Speaker(name="b")
-        session.add(speaker)
-        session.flush()
-        enrollment = models.Enrollment(speaker_id=speaker.id, status="done", audio_sha256="0" * 64, audio_bytes=1,
-                                       duration_s=1.0)
-        session.add(enrollment)
-        session.flush()
-        session.add(models.Embedding(enrollment_id=enrollment.id, speaker_id=speaker.id, model_version="ge2e-256",
+        enrollment = _done_enrollment(session, "b")
+        session.add(models.Embedding(enrollment_id=enrollment.id, speaker_id=enrollment.speaker_id,
+                                     model_version="ge2e-256",
                                      space="campplus-192", dim=192, via_alignment=RIDGE,
                                      vector=FloatVector.to_bytes(np.zeros(192, np.float32))))
         session.flush()  # allowed: produced by ge2e-256, mapped into campplus-192 by RIDGE
