@@ -44,11 +44,13 @@ def _embed_query(services, data: bytes):
     return prepared, path, query_runtime, query_aligned, timings
 
 
-def _profiles(session, speaker_ids, space):
+def _profiles(session, speaker_ids, space) -> tuple[dict[int, np.ndarray], set[int]]:
+    """The speakers' profile vectors in `space`, and which of them hold bridged embeddings."""
     rows = session.execute(
-        sa.select(models.Profile.speaker_id, models.Profile.dim, models.Profile.vector)
+        sa.select(models.Profile.speaker_id, models.Profile.dim, models.Profile.vector, models.Profile.n_bridged)
         .where(models.Profile.space == space, models.Profile.speaker_id.in_(speaker_ids))).all()
-    return {r.speaker_id: FloatVector.from_bytes(r.vector, r.dim) for r in rows}
+    return ({r.speaker_id: FloatVector.from_bytes(r.vector, r.dim) for r in rows},
+            {r.speaker_id for r in rows if r.n_bridged})
 
 
 # keyed by id() of the loaded artifact object (kept alive in the value, so ids are not reused)
@@ -66,13 +68,10 @@ def _score(session, artifact, query_runtime, speaker_ids, speech_s: float | None
     """Exact calibrated scores for the given speakers; those without an enrollment-space
     profile are not scorable and are left out. Each value: (LLR, scoring path, bridged)."""
     enroll_space, runtime_space = artifact.target_version, artifact.source_version
-    enrolled = _profiles(session, speaker_ids, enroll_space)
-    runtime = _profiles(session, list(enrolled), runtime_space)
+    enrolled, bridged = _profiles(session, speaker_ids, enroll_space)
     if not enrolled:
         return {}
-    bridged = set(session.scalars(sa.select(models.Profile.speaker_id).where(
-        models.Profile.space == enroll_space, models.Profile.speaker_id.in_(list(enrolled)),
-        models.Profile.n_bridged > 0)))
+    runtime, _ = _profiles(session, list(enrolled), runtime_space)
     order = list(enrolled)
     # The artifact scores all candidates at once: its own comparison space, its own
     # normalisation (S-norm cohort) and calibration; profiles without a runtime vector are

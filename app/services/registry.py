@@ -304,10 +304,10 @@ def rollback(session, *, actor: str) -> models.Deployment:
         raise ApiError(409, "nothing_to_roll_back", "There is no earlier runtime path to go back to.",
                        {"deployment": deployment_to_dict(current)})
     row = get_artifact_row(session, previous.alignment)
-    retired = [v for v in (row.name,) if row.state == "retired"] + [
-        m.name for m in session.scalars(sa.select(models.ModelVersion).where(
+    retired = ([row.name] if row.state == "retired" else []) + list(session.scalars(
+        sa.select(models.ModelVersion.name).where(
             models.ModelVersion.name.in_([row.source_version, row.target_version]),
-            models.ModelVersion.state == "retired"))]
+            models.ModelVersion.state == "retired")))
     if retired:
         raise ApiError(409, "rollback_target_retired", "The earlier path uses retired parts.",
                        {"retired": retired, "deployment": deployment_to_dict(previous)})
