@@ -108,13 +108,16 @@ def _adapt_finetune(artifact: AlignmentArtifact, source, target, speakers, confi
     import torch
 
     from nessa import losses
-    from nessa.network import TorchAlignment
+    from nessa.network import CCA_BRANCH_SHAPES, TorchAlignment
 
     if not artifact.kind.startswith("nn-"):
         raise ValueError(f"finetune needs an nn-* artifact, got {artifact.kind!r}; use method closed_form")
-    arch = artifact.kind[3:]
+    # nn-twotower-cca: the tower is fine-tuned, its fixed linear CCA branch kept as it is
+    branch = {k: v for k, v in artifact.params.items() if k in CCA_BRANCH_SHAPES}
+    arch = "twotower" if artifact.kind == "nn-twotower-cca" else artifact.kind[3:]
     torch.manual_seed(config.seed)
-    model = TorchAlignment(arch, {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in artifact.params.items()})
+    model = TorchAlignment(arch, {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in artifact.params.items()
+                                  if k not in branch})
     source_params = [(name, p) for name, p in model.named_parameters() if not name.startswith("t_")]
     for name, p in model.named_parameters():
         p.requires_grad_(not name.startswith("t_"))
@@ -138,7 +141,7 @@ def _adapt_finetune(artifact: AlignmentArtifact, source, target, speakers, confi
         loss.backward()
         optimiser.step()
     model.eval()
-    return model.export_params()
+    return {**model.export_params(), **branch}
 
 
 def adapted_params(artifact: AlignmentArtifact, source, target, speakers, config: AdaptConfig) -> dict:

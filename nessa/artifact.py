@@ -102,9 +102,16 @@ _register_network_kinds()
 OPTIONAL_PARAM_SHAPES = {"cohort_enroll": ("cohort", "target_dim"), "cohort_runtime": ("cohort", "source_dim")}
 #: query-side S-norm: which query vector (raw runtime or aligned) meets which cohort space
 QUERY_COHORT_SPACES = {"cross_cosine": ("aligned", "aligned_target"), "runtime_cosine": ("runtime", "runtime"),
-                       "aligned_runtime_cosine": ("aligned", "aligned_source")}
-#: the raw scores ``score_candidates`` can fuse
-CANDIDATE_FEATURES = ("runtime_cosine", "cross_cosine", "aligned_runtime_cosine")
+                       "aligned_runtime_cosine": ("aligned", "aligned_source"),
+                       "cross_cosine_tower": ("aligned_tower", "aligned_target_tower"),
+                       "aligned_runtime_cosine_tower": ("aligned_tower", "aligned_source_tower")}
+#: the raw scores ``score_candidates`` can fuse. ``*_tower``: the same comparison in the
+#: trained tower's space alone (nn-twotower-cca, whose full space adds the CCA branch)
+CANDIDATE_FEATURES = ("runtime_cosine", "cross_cosine", "aligned_runtime_cosine", "cross_cosine_tower",
+                      "aligned_runtime_cosine_tower")
+TOWER_FEATURES = ("cross_cosine_tower", "aligned_runtime_cosine_tower")
+#: features that need the profile's runtime-space vector
+RUNTIME_FEATURES = ("runtime_cosine", "aligned_runtime_cosine", "aligned_runtime_cosine_tower")
 
 
 def _jsonable(value):
@@ -258,7 +265,20 @@ class AlignmentArtifact:
         x = np.asarray(x_source, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.source_dim:
             raise ValueError(f"expected (N, {self.source_dim}) {self.source_version} embeddings, got {x.shape}")
-        return l2_normalise(KINDS[self.kind].transform_source(self.params, l2_normalise(x)))
+        return l2_normalise(self._source_transform()(l2_normalise(x)))
+
+    def _source_transform(self):
+        """The kind's source transform bound to these params (a compiled fast path where
+        the kind has one; computed once per artifact)."""
+        cached = self.__dict__.get("_source_fn")
+        if cached is None:
+            from nessa.network import compile_source
+
+            kind_params = self._kind_params()
+            cached = compile_source(self.kind, kind_params) or (
+                lambda x: KINDS[self.kind].transform_source(kind_params, x))
+            self.__dict__["_source_fn"] = cached
+        return cached
 
     def transform_target(self, y_target: np.ndarray) -> np.ndarray:
         """Enrollment-model embeddings -> the comparison space (only L2-normalised, for ridge)."""
@@ -309,8 +329,21 @@ class AlignmentArtifact:
             runtime = l2_normalise(self.params["cohort_runtime"])
             cached = {"runtime": runtime, "aligned_target": self.transform_target(enroll),
                       "aligned_source": self.transform(runtime)}
+            if self.has_tower_space:
+                for space in ("aligned_target", "aligned_source"):
+                    cached[f"{space}_tower"] = self._tower_part(cached[space])
             self.__dict__["_cohort_cache"] = cached
         return cached
+
+    @property
+    def has_tower_space(self) -> bool:
+        """Whether the comparison space is a trained tower plus a CCA branch (nn-twotower-cca),
+        so the ``*_tower`` features exist."""
+        return self.kind == "nn-twotower-cca"
+
+    def _tower_part(self, aligned: np.ndarray) -> np.ndarray:
+        """Unit vectors of the tower block of nn-twotower-cca outputs (their first k dims)."""
+        return _unit_rows(aligned[:, :self.params["weight"].shape[1]])
 
     def prepare_candidates(self, profile_enroll: np.ndarray, profile_runtime: np.ndarray | None = None) -> dict:
         """Everything about the candidate profiles that does not depend on the query (their
@@ -325,12 +358,18 @@ class AlignmentArtifact:
             present = ~np.isnan(runtime).any(axis=1)
             runtime = l2_normalise(np.where(present[:, None], runtime, 1.0).astype(np.float32))
             prepared.update(fused=present, runtime=runtime, aligned_runtime=self.transform(runtime))
+        if self.has_tower_space:
+            for key in ("aligned_enroll", "aligned_runtime"):
+                if key in prepared:
+                    prepared[f"{key}_tower"] = self._tower_part(prepared[key])
         snorm = self.scoring.get("snorm")
         if snorm:
             cohort, k = self._cohort(), int(snorm["top_k"])
             profile_sides = {"cross_cosine": ("aligned_enroll", "aligned_source"),
                              "runtime_cosine": ("runtime", "runtime"),
-                             "aligned_runtime_cosine": ("aligned_runtime", "aligned_source")}
+                             "aligned_runtime_cosine": ("aligned_runtime", "aligned_source"),
+                             "cross_cosine_tower": ("aligned_enroll_tower", "aligned_source_tower"),
+                             "aligned_runtime_cosine_tower": ("aligned_runtime_tower", "aligned_source_tower")}
             prepared["snorm"] = {}
             for name in snorm["features"]:
                 vectors, cohort_space = profile_sides[name]
@@ -344,21 +383,35 @@ class AlignmentArtifact:
         q = _unit_rows(np.atleast_2d(np.asarray(query_runtime, dtype=np.float32)))
         if q.shape[1] != self.source_dim:
             raise ValueError(f"expected (N, {self.source_dim}) {self.source_version} embeddings, got {q.shape}")
-        aligned_q = _unit_rows(KINDS[self.kind].transform_source(self.params, q))
+        aligned_q = _unit_rows(self._source_transform()(q))
         out = {"cross_cosine": aligned_q @ prepared["aligned_enroll"].T}
+        queries = {"runtime": q, "aligned": aligned_q}
+        if "aligned_enroll_tower" in prepared:
+            queries["aligned_tower"] = tower_q = self._tower_part(aligned_q)
+            out["cross_cosine_tower"] = tower_q @ prepared["aligned_enroll_tower"].T
         if "runtime" in prepared:
             out["runtime_cosine"] = q @ prepared["runtime"].T
             out["aligned_runtime_cosine"] = aligned_q @ prepared["aligned_runtime"].T
+            if "aligned_runtime_tower" in prepared:
+                out["aligned_runtime_cosine_tower"] = queries["aligned_tower"] @ prepared["aligned_runtime_tower"].T
         snorm = self.scoring.get("snorm")
-        if snorm:
+        if snorm and prepared.get("snorm"):
             k = int(snorm["top_k"])
             cohort = self._cohort_transposed()
-            for name, profile_stats in prepared.get("snorm", {}).items():
-                side, space = QUERY_COHORT_SPACES[name]
-                cohort_scores = (aligned_q if side == "aligned" else q) @ cohort[space]
-                out[name] = snorm_with_stats(out[name], top_k_stats(cohort_scores, k), profile_stats)
+            names = list(prepared["snorm"])
+            # every normalised feature's query-side cohort scores in one top-k pass (rows
+            # stacked feature by feature; the cohort has the same speakers in every space)
+            stacked = np.concatenate([queries[QUERY_COHORT_SPACES[name][0]] @ cohort[QUERY_COHORT_SPACES[name][1]]
+                                      for name in names])
+            mean, sd = top_k_stats(stacked, k)
+            n = len(q)
+            for i, name in enumerate(names):
+                out[name] = snorm_with_stats(out[name], (mean[i * n:(i + 1) * n], sd[i * n:(i + 1) * n]),
+                                             prepared["snorm"][name])
         if "runtime" in prepared and not prepared["fused"].all():
-            for name in ("runtime_cosine", "aligned_runtime_cosine"):
+            for name in RUNTIME_FEATURES:
+                if name not in out:
+                    continue
                 out[name] = out[name].copy()
                 out[name][:, ~prepared["fused"]] = np.nan
         return out

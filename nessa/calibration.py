@@ -36,9 +36,9 @@ class LogisticCalibration:
         """Calibrated log-likelihood ratio; one array (or scalar) per feature, in order."""
         if len(feature_values) != len(self.features):
             raise ValueError(f"expected {len(self.features)} feature(s) {self.features}, got {len(feature_values)}")
-        total = np.full(np.shape(np.asarray(feature_values[0], dtype=np.float64)), self.bias, dtype=np.float64)
-        for weight, values in zip(self.weights, feature_values):
-            total = total + weight * np.asarray(values, dtype=np.float64)
+        total = self.weights[0] * np.asarray(feature_values[0], dtype=np.float64) + self.bias
+        for weight, values in zip(self.weights[1:], feature_values[1:]):
+            total += weight * np.asarray(values, dtype=np.float64)
         return total
 
     def threshold(self, name: str | None = None) -> float:

@@ -10,6 +10,10 @@ Mapping kinds compare with the centred profile vector ``y - y_mean``.
 * ``nn-twotower`` both sides -> a shared space of ``k`` dims: the source side is a
   residual MLP as above (into k dims); the target side is ``(y - y_mean) @ t_weight +
   t_bias + relu(... @ t_w1 + t_b1) @ t_w2 + t_b2`` (profiles are transformed too).
+* ``nn-twotower-cca`` a two-tower plus a fixed linear CCA branch (``c_*`` params): each
+  side is ``[mix[0] * unit(tower), mix[1] * unit(cca)]``, so the cosine of two outputs is
+  ``mix[0]^2 * cos_tower + mix[1]^2 * cos_cca`` (mix = [sqrt(1 - b), sqrt(b)]): the
+  trained network and the linear solution it started from, averaged as scores.
 
 ``z = (x - x_mean) / x_scale`` is the standardised (L2-normalised) runtime embedding.
 Parameters are plain float32 numpy arrays with fixed names per kind; inference below is
@@ -42,6 +46,11 @@ PARAM_SHAPES: dict[str, dict[str, tuple[str, ...]]] = {
                     "y_mean": ("target_dim",), "y_scale": ("target_dim",), "t_weight": ("target_dim", "k"), "t_bias": ("k",),
                     "t_w1": ("target_dim", "g"), "t_b1": ("g",), "t_w2": ("g", "k"), "t_b2": ("k",)},
 }
+#: the linear CCA branch of nn-twotower-cca and the two branches' weights
+CCA_BRANCH_SHAPES = {"c_x_mean": ("source_dim",), "c_x_projection": ("source_dim", "c"),
+                     "c_y_mean": ("target_dim",), "c_y_projection": ("target_dim", "c"),
+                     "c_component_weights": ("c",), "mix": ("two",)}
+PARAM_SHAPES["nn-twotower-cca"] = {**PARAM_SHAPES["nn-twotower"], **CCA_BRANCH_SHAPES}
 
 
 # ----------------------------------------------------------------------------- numpy inference
@@ -88,13 +97,80 @@ def centred_target(params: dict, y: np.ndarray) -> np.ndarray:
     return y - params["y_mean"]
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-12)[:, None]
+
+
+def _with_cca_branch(params: dict, tower: np.ndarray, centred: np.ndarray, projection: str) -> np.ndarray:
+    branch = (centred @ params[projection]) * params["c_component_weights"]
+    mix = params["mix"]
+    return np.concatenate([mix[0] * _unit(tower), mix[1] * _unit(branch)], axis=1)
+
+
+def twotower_cca_source(params: dict, x: np.ndarray) -> np.ndarray:
+    return _with_cca_branch(params, resmlp_source(params, x), x - params["c_x_mean"], "c_x_projection")
+
+
+def twotower_cca_target(params: dict, y: np.ndarray) -> np.ndarray:
+    return _with_cca_branch(params, twotower_target(params, y), y - params["c_y_mean"], "c_y_projection")
+
+
+def cca_branch_params(cca_params: dict, weight: float) -> dict:
+    """The ``c_*`` / ``mix`` params of nn-twotower-cca from ``CCAMap.params()`` and the
+    branch's score weight ``weight`` (0 < weight < 1)."""
+    if not 0.0 < weight < 1.0:
+        raise ValueError(f"the CCA branch weight must be between 0 and 1, got {weight}")
+    return {"c_x_mean": cca_params["x_mean"], "c_x_projection": cca_params["x_projection"],
+            "c_y_mean": cca_params["y_mean"], "c_y_projection": cca_params["y_projection"],
+            "c_component_weights": cca_params["component_weights"],
+            "mix": np.sqrt(np.array([1.0 - weight, weight]))}
+
+
 #: kind -> (transform_source, transform_target)
 TRANSFORMS: dict[str, tuple[Callable, Callable]] = {
     "nn-linear": (linear_source, centred_target),
     "nn-mlp": (mlp_source, centred_target),
     "nn-resmlp": (resmlp_source, centred_target),
     "nn-twotower": (resmlp_source, twotower_target),
+    "nn-twotower-cca": (twotower_cca_source, twotower_cca_target),
 }
+
+
+def compile_source(kind: str, params: dict) -> Callable | None:
+    """A faster equivalent of ``TRANSFORMS[kind][0]`` for fixed params (the per-query path of
+    the service): the standardisation is folded into the first-layer weights and every
+    product with the input (hidden layer, linear part, CCA branch) is one matrix product.
+    Same function up to float32 rounding; None for kinds without a fast path."""
+    if kind not in ("nn-resmlp", "nn-twotower", "nn-twotower-cca"):
+        return None
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    inverse = 1.0 / p["x_scale"]
+    shift = p["x_mean"] * inverse
+    w1, weight = p["w1"] * inverse[:, None], p["weight"] * inverse[:, None]
+    blocks, biases = [w1, weight], [p["b1"] - shift @ p["w1"], p["bias"] + p["b2"] - shift @ p["weight"]]
+    if kind == "nn-twotower-cca":
+        projection = p["c_x_projection"] * p["c_component_weights"]
+        blocks.append(projection)
+        biases.append(-p["c_x_mean"] @ projection)
+    first = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
+    first_bias = np.concatenate(biases).astype(np.float32)
+    w2 = np.ascontiguousarray(params["w2"], dtype=np.float32)
+    hidden_size, out_size = w1.shape[1], weight.shape[1]
+    mix = params.get("mix")
+
+    def source(x: np.ndarray) -> np.ndarray:
+        h = x @ first
+        h += first_bias
+        hidden = h[:, :hidden_size]
+        np.maximum(hidden, 0.0, out=hidden)
+        out = hidden @ w2
+        out += h[:, hidden_size:hidden_size + out_size]
+        if mix is None:
+            return out
+        branch = h[:, hidden_size + out_size:]
+        return np.concatenate([mix[0] * _unit(out), mix[1] * _unit(branch)], axis=1)
+
+    return source
 
 
 # ----------------------------------------------------------------------------- torch modules

@@ -30,16 +30,18 @@ from nessa.data import (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbe
                         default_audio_loader, describe_utterances, embed_corpus, list_utterances,
                         speech_only_loader)
 from nessa.linear import RidgeSolver, fit_cca
-from nessa.network import ARCHITECTURES, KIND_OF, TRANSFORMS, build_module, cca_init, ridge_init
+from nessa.network import (ARCHITECTURES, KIND_OF, TRANSFORMS, build_module, cca_branch_params, cca_init,
+                           ridge_init)
 from nessa.train import (AlignmentConfig, DevTrials, _split_scores, build_dev_trials, dev_evaluation,
-                         evaluate_on_dev, split_speakers)
+                         evaluate_on_dev, regression_pairs, split_speakers)
 from speechcore.embedder import l2_normalise
 
 #: bump when the parameterisation changes, so that old checkpoints are not resumed
 CHECKPOINT_VERSION = 2
 PAIR_ROLES = {"chunks": (ROLE_CHUNK, ROLE_FULL), "all": (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST)}
 #: NetworkConfig fields applied after a training run (they do not change a run's checkpoints)
-POST_TRAINING_FIELDS = ("wise_alpha", "soup", "snorm_top_k", "fused_features", "snorm_features", "duration_bands")
+POST_TRAINING_FIELDS = ("wise_alpha", "soup", "snorm_top_k", "fused_features", "snorm_features", "duration_bands",
+                        "cca_branch", "cca_branch_shrinkage")
 
 
 def _normalise_domain_weights(values: dict) -> dict:
@@ -106,6 +108,10 @@ class NetworkConfig:
     soup: int = 1
     #: keep the linear (CCA / ridge) parts fixed and train only the residual branches
     freeze_linear: bool = False
+    #: two-tower only: score weight of a fixed linear CCA branch fitted on the primary
+    #: corpus' pairs (kind nn-twotower-cca: cosine = (1 - b) cos_tower + b cos_cca; 0: none)
+    cca_branch: float = 0.0
+    cca_branch_shrinkage: float = 0.6
     # runtime scoring stored in the artifact (``scoring``; used by score_candidates)
     #: adaptive S-norm of the fused features against a cohort of the primary corpus'
     #: speakers stored in the artifact: top-k (0: off)
@@ -131,11 +137,17 @@ class NetworkConfig:
             raise ValueError(f"pair_roles must be one of {sorted(PAIR_ROLES)}")
         if self.soup < 1:
             raise ValueError("soup must be >= 1")
+        if self.cca_branch and (self.arch != "twotower" or not 0.0 < self.cca_branch < 1.0):
+            raise ValueError("cca_branch needs arch=twotower and a weight between 0 and 1")
         from nessa.artifact import CANDIDATE_FEATURES
 
         unknown = (set(self.fused_feature_names) | set(self.snorm_feature_names)) - set(CANDIDATE_FEATURES)
         if unknown or not self.fused_feature_names:
             raise ValueError(f"fused_features must name some of {CANDIDATE_FEATURES}, got {self.fused_features!r}")
+        from nessa.artifact import TOWER_FEATURES
+
+        if not self.cca_branch and set(TOWER_FEATURES) & (set(self.fused_feature_names) | set(self.snorm_feature_names)):
+            raise ValueError(f"{', '.join(TOWER_FEATURES)} need a CCA branch (cca_branch > 0)")
         _ = self.band_edges
 
     @property
@@ -162,7 +174,7 @@ class NetworkConfig:
 
     @property
     def kind(self) -> str:
-        return KIND_OF[self.arch]
+        return "nn-twotower-cca" if self.cca_branch else KIND_OF[self.arch]
 
     def domain_weight(self, domain: str) -> float:
         return float(dict((str(k), float(v)) for k, v in self.domain_weights).get(domain, 1.0))
@@ -386,6 +398,18 @@ def _fit_one(pairs: PairSet, config: NetworkConfig, seed: int, batch_seed: int, 
     return initial, model.export_params()
 
 
+def add_cca_branch(params: dict, files: Sequence[FileEmbeddings], speakers: set[str], config: NetworkConfig,
+                   n_components: int) -> dict:
+    """nn-twotower params plus the linear CCA branch, fitted as ``nessa.train`` fits its CCA
+    (chunk and whole-utterance pairs of ``speakers`` in ``files``)."""
+    if not config.cca_branch:
+        return params
+    x, y = regression_pairs(files, speakers, "chunk")
+    cca = fit_cca(x, y, n_components, config.cca_branch_shrinkage).params()
+    return {**params, **{k: np.asarray(v, dtype=np.float32)
+                         for k, v in cca_branch_params(cca, config.cca_branch).items()}}
+
+
 # ----------------------------------------------------------------------------- scoring on dev
 def network_cross_scores(kind: str, params: dict, trials: DevTrials) -> np.ndarray:
     source_fn, target_fn = TRANSFORMS[kind]
@@ -550,14 +574,16 @@ def train_network_alignment(source, target, corpora: Sequence[tuple[str, list[Ut
     dev_log: list = []
     fit_pairs = build_pairs(files, domains, fit_speakers, config)
     params_dev = fit_network(fit_pairs, config, seed, checkpoint_dir=checkpoints, progress=progress, log=dev_log)
+    primary_files = [item for item in files if domains[item.path] == corpora[0][0]]
+    params_dev = add_cca_branch(params_dev, primary_files, set(fit_primary), config, base.cca_components)
     cross = network_cross_scores(config.kind, params_dev, trials)
     cross_calibration, fused_calibration, dev_report = evaluate_on_dev(cross, trials, base)
 
     all_pairs = build_pairs(files, domains, all_speakers, config)
     params = fit_network(all_pairs, config, seed, checkpoint_dir=checkpoints, progress=progress)
+    params = add_cca_branch(params, primary_files, primary, config, base.cca_components)
     scoring = {}
     if config.rich_scoring:
-        primary_files = [item for item in files if domains[item.path] == corpora[0][0]]
         dev_cohort = cohort_vectors(primary_files, set(fit_primary)) if config.snorm_top_k else None
         scoring = scoring_section(config.kind, params_dev, dev_cohort, trials, config, base)
         if config.snorm_top_k:  # the shipped cohort: every speaker of the primary corpus

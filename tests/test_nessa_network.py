@@ -172,3 +172,57 @@ def test_network_training_with_rich_scoring_builds_a_working_artifact(tmp_path):
     llr, fused = loaded.score_candidates(queries, enroll, runtime, seconds=[0.5, 1.0, 2.0])
     assert llr.shape == (3, 4) and fused.all() and np.isfinite(llr).all()
     assert np.isfinite(loaded.candidate_threshold()) and loaded.candidate_threshold() != loaded.threshold()
+
+
+def test_cca_branch_scores_are_the_weighted_mean_of_tower_and_cca_cosines():
+    from nessa.linear import fit_cca
+    from nessa.network import cca_branch_params
+
+    pairs = synthetic_pairs()
+    tower = fit_network(pairs, NetworkConfig(arch="twotower", init="cca", **SMALL), seed=0, progress=False)
+    cca = fit_cca(pairs.x.astype(np.float64), pairs.y.astype(np.float64), 6, 0.5).params()
+    params = {**tower, **{k: np.asarray(v, np.float32) for k, v in cca_branch_params(cca, 0.3).items()}}
+    kw = dict(source_version="fake-24", source_dim=24, source_weights_sha256="a" * 64, target_version="fake-16",
+              target_dim=16, target_weights_sha256="b" * 64)
+    both = AlignmentArtifact(name="ens", kind="nn-twotower-cca", params=params, **kw)
+    alone = AlignmentArtifact(name="tower", kind="nn-twotower", params=tower, **kw)
+    linear = AlignmentArtifact(name="cca", kind="cca", params=cca, **kw)
+    x, y = pairs.x[:7], pairs.y[5:16]
+    expected = 0.7 * alone.cross_cosine(x, y) + 0.3 * linear.cross_cosine(x, y)
+    np.testing.assert_allclose(both.cross_cosine(x, y), expected, atol=1e-5)
+    assert both.output_dim == 8 + 6
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        cca_branch_params(cca, 1.0)
+    with pytest.raises(ValueError, match="cca_branch needs arch=twotower"):
+        NetworkConfig(arch="resmlp", cca_branch=0.3)
+
+
+def test_network_training_with_a_cca_branch_saves_that_kind(tmp_path):
+    from tests.test_nessa import SMALL_CONFIG, SpectralEmbedder, read_wav, write_synthetic_corpus
+    from nessa.adapt import AdaptConfig, adapted_params
+    from nessa.data import list_utterances
+    from nessa.train_network import train_network_alignment
+
+    corpus = write_synthetic_corpus(tmp_path / "corpus", n_speakers=10, seconds=4.0)
+    source, target = SpectralEmbedder("fake-src", 24, 1), SpectralEmbedder("fake-tgt", 16, 2)
+    config = NetworkConfig(**{**SMALL, "arch": "twotower", "init": "cca", "cca_branch": 0.3, "snorm_top_k": 3,
+                              "fused_features": "runtime_cosine,cross_cosine,aligned_runtime_cosine"})
+    artifact = train_network_alignment(source, target, [("synthetic", list_utterances(corpus))],
+                                       out_dir=tmp_path / "out", name="ens", config=config, seed=0,
+                                       cache_dir=tmp_path / "cache" / "embeddings", progress=False,
+                                       load_audio=read_wav, base={**SMALL_CONFIG, "cca_components": 8})
+    loaded = AlignmentArtifact.load(tmp_path / "out" / "ens")
+    assert loaded.kind == "nn-twotower-cca" and loaded.sha256 == artifact.sha256
+    np.testing.assert_allclose(loaded.params["mix"] ** 2, [0.7, 0.3], atol=1e-6)
+    rng = np.random.default_rng(0)
+    queries, enroll, runtime = rng.normal(size=(3, 24)), rng.normal(size=(4, 16)), rng.normal(size=(4, 24))
+    llr, fused = loaded.score_candidates(queries, enroll, runtime)
+    assert llr.shape == (3, 4) and fused.all() and np.isfinite(llr).all()
+    # gallery adaptation fine-tunes the tower and keeps the linear branch as it is
+    speakers = np.repeat(np.arange(4), 3)
+    adapted = adapted_params(loaded, rng.normal(size=(12, 24)), rng.normal(size=(12, 16)), speakers,
+                             AdaptConfig(steps=3))
+    assert set(adapted) == set(loaded.params)
+    for key in ("c_x_projection", "c_y_projection", "mix", "t_weight"):
+        np.testing.assert_array_equal(adapted[key], loaded.params[key])
+    assert not np.array_equal(adapted["w2"], loaded.params["w2"])
