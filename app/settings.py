@@ -20,7 +20,7 @@ class Settings:
     #: directory of bundled (committed) alignment artifacts registered at start
     bundled_artifacts_dir: pathlib.Path = REPO_ROOT / "nessa" / "artifacts"
     #: the alignment activated on a database that has none active yet (a bundled artifact)
-    default_alignment: str = "nessa-twotower-ge2e256-to-campplus192-v2"
+    default_alignment: str = "nessa-twotower-cca-ge2e256-to-campplus192-v3"
     enroll_model: str = "campplus-192"
     runtime_model: str = "ge2e-256"
     #: FAISS index factory string, e.g. "Flat", "HNSW32,Flat", "IVF1024,Flat"

@@ -377,9 +377,11 @@ class AlignmentArtifact:
                     prepared["snorm"][name] = top_k_stats(prepared[vectors] @ cohort[cohort_space].T, k)
         return prepared
 
-    def score_features(self, query_runtime: np.ndarray, prepared: dict) -> dict[str, np.ndarray]:
+    def score_features(self, query_runtime: np.ndarray, prepared: dict,
+                       needed: frozenset | None = None) -> dict[str, np.ndarray]:
         """Raw (N queries, M profiles) scores against prepared candidates, S-normalised where
-        ``scoring["snorm"]`` says (NaN for profiles without a runtime vector)."""
+        ``scoring["snorm"]`` says (NaN for profiles without a runtime vector). ``needed``:
+        only these features are S-normalised (the others are left raw; None: all)."""
         q = _unit_rows(np.atleast_2d(np.asarray(query_runtime, dtype=np.float32)))
         if q.shape[1] != self.source_dim:
             raise ValueError(f"expected (N, {self.source_dim}) {self.source_version} embeddings, got {q.shape}")
@@ -387,7 +389,9 @@ class AlignmentArtifact:
         out = {"cross_cosine": aligned_q @ prepared["aligned_enroll"].T}
         queries = {"runtime": q, "aligned": aligned_q}
         if "aligned_enroll_tower" in prepared:
-            queries["aligned_tower"] = tower_q = self._tower_part(aligned_q)
+            # aligned_q is [mix0 * unit(tower), mix1 * unit(cca)]: its tower block over mix0 is unit
+            queries["aligned_tower"] = tower_q = aligned_q[:, :prepared["aligned_enroll_tower"].shape[1]] * (
+                1.0 / self.params["mix"][0])
             out["cross_cosine_tower"] = tower_q @ prepared["aligned_enroll_tower"].T
         if "runtime" in prepared:
             out["runtime_cosine"] = q @ prepared["runtime"].T
@@ -395,10 +399,10 @@ class AlignmentArtifact:
             if "aligned_runtime_tower" in prepared:
                 out["aligned_runtime_cosine_tower"] = queries["aligned_tower"] @ prepared["aligned_runtime_tower"].T
         snorm = self.scoring.get("snorm")
-        if snorm and prepared.get("snorm"):
+        if snorm and prepared.get("snorm") and (needed is None or needed & prepared["snorm"].keys()):
             k = int(snorm["top_k"])
             cohort = self._cohort_transposed()
-            names = list(prepared["snorm"])
+            names = [name for name in prepared["snorm"] if needed is None or name in needed]
             # every normalised feature's query-side cohort scores in one top-k pass (rows
             # stacked feature by feature; the cohort has the same speakers in every space)
             stacked = np.concatenate([queries[QUERY_COHORT_SPACES[name][0]] @ cohort[QUERY_COHORT_SPACES[name][1]]
@@ -454,6 +458,20 @@ class AlignmentArtifact:
                     LogisticCalibration.from_dict(self.scoring["cross"]))
         return self.fused_calibration, self.cross_calibration
 
+    def _features_needed(self, fused: np.ndarray) -> frozenset:
+        """The features the calibrations in play read (fused ones if any profile is fused,
+        the cross-model ones if any is not), over every duration band."""
+        key = (bool(fused.any()), bool(fused.all()))
+        cache = self.__dict__.setdefault("_needed_cache", {})
+        if key not in cache:
+            names: set[str] = set()
+            for band in [None] + list(range(len(self.scoring.get("duration_bands") or []))):
+                fused_cal, cross_cal = self._band_calibrations(band)
+                names |= set(fused_cal.features) if key[0] else set()
+                names |= set() if key[1] else set(cross_cal.features)
+            cache[key] = frozenset(names)
+        return cache[key]
+
     @staticmethod
     def split_prepared(prepared: dict) -> list[dict]:
         """``prepare_candidates`` output as one entry per profile, so a service can cache the
@@ -502,8 +520,8 @@ class AlignmentArtifact:
                        seconds=None) -> tuple[np.ndarray, np.ndarray]:
         """``score_candidates`` against ``prepare_candidates`` output (the per-query work only)."""
         single = np.asarray(query_runtime).ndim == 1
-        features = self.score_features(query_runtime, prepared)
         fused = prepared["fused"]
+        features = self.score_features(query_runtime, prepared, self._features_needed(fused))
         n = features["cross_cosine"].shape[0]
         if seconds is None or not self.scoring.get("duration_bands"):
             groups = {None: None}

@@ -213,6 +213,8 @@ def main() -> None:
     parser.add_argument("--concat-dir", default="var/corpora")
     parser.add_argument("--out", default="var/eval/levers-r3.json")
     parser.add_argument("--settings", default="", help="comma-separated subset of setting names")
+    parser.add_argument("--branch-grid", action="store_true",
+                        help="only the shipped tower with CCA branches of several weights and shrinkages")
     args = parser.parse_args()
     import torch
 
@@ -247,6 +249,20 @@ def main() -> None:
         "v2 recipe, soup of 3": dict(recipe, soup=3),
         "v2 recipe, shared space 128-d": dict(recipe, shared_dim=128),
     }
+    if args.branch_grid:  # the shipped tower (v2: soup of 3, a = 0.75) with CCA branches of several kinds
+        config = NetworkConfig.from_any(dict(recipe, soup=3))
+        runs = []
+        for f in folds:
+            pairs = build_pairs(files, domains, f.fit, config)
+            soup = [_fit_one(pairs, config, 0, batch_seed, checkpoint_dir=None, progress=False, log=None,
+                             eval_fn=None) for batch_seed in range(config.soup)]
+            runs.append(wise(soup[0][0], {k: np.mean([r[1][k] for r in soup], axis=0) for k in soup[0][1]}, 0.75))
+        for shrinkage in (0.6, 0.8):
+            branches = cca.get(shrinkage) or [fit_cca(*f.tc_pairs_xy, 96, shrinkage).params() for f in folds]
+            for beta in (0.3, 0.4, 0.5, 0.6, 0.7):
+                report(f"v2 tower + {beta} x cca tc s={shrinkage}",
+                       [Aligner([("nn-twotower", p, 1 - beta), ("cca", c, beta)]) for p, c in zip(runs, branches)])
+        return
     wanted = {s.strip() for s in args.settings.split(",") if s.strip()}
     for name, values in settings.items():
         if wanted and not any(w in name for w in wanted):

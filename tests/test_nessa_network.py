@@ -191,10 +191,20 @@ def test_cca_branch_scores_are_the_weighted_mean_of_tower_and_cca_cosines():
     expected = 0.7 * alone.cross_cosine(x, y) + 0.3 * linear.cross_cosine(x, y)
     np.testing.assert_allclose(both.cross_cosine(x, y), expected, atol=1e-5)
     assert both.output_dim == 8 + 6
+    # the *_tower features are the same comparisons in the tower's space alone
+    runtime = pairs.x[20:31]
+    features = both.candidate_features(x, y, runtime)
+    np.testing.assert_allclose(features["cross_cosine_tower"], alone.cross_cosine(x, y), atol=1e-5)
+    np.testing.assert_allclose(features["aligned_runtime_cosine_tower"],
+                               alone.transform(x) @ alone.transform(runtime).T, atol=1e-5)
+    np.testing.assert_allclose(features["cross_cosine"], expected, atol=1e-5)
+    assert "cross_cosine_tower" not in alone.candidate_features(x, y, runtime)
     with pytest.raises(ValueError, match="between 0 and 1"):
         cca_branch_params(cca, 1.0)
     with pytest.raises(ValueError, match="cca_branch needs arch=twotower"):
         NetworkConfig(arch="resmlp", cca_branch=0.3)
+    with pytest.raises(ValueError, match="need a CCA branch"):
+        NetworkConfig(arch="twotower", init="cca", fused_features="runtime_cosine,cross_cosine_tower")
 
 
 def test_network_training_with_a_cca_branch_saves_that_kind(tmp_path):
@@ -206,7 +216,8 @@ def test_network_training_with_a_cca_branch_saves_that_kind(tmp_path):
     corpus = write_synthetic_corpus(tmp_path / "corpus", n_speakers=10, seconds=4.0)
     source, target = SpectralEmbedder("fake-src", 24, 1), SpectralEmbedder("fake-tgt", 16, 2)
     config = NetworkConfig(**{**SMALL, "arch": "twotower", "init": "cca", "cca_branch": 0.3, "snorm_top_k": 3,
-                              "fused_features": "runtime_cosine,cross_cosine,aligned_runtime_cosine"})
+                              "fused_features": "runtime_cosine,cross_cosine_tower,aligned_runtime_cosine_tower",
+                              "snorm_features": "runtime_cosine,cross_cosine,cross_cosine_tower"})
     artifact = train_network_alignment(source, target, [("synthetic", list_utterances(corpus))],
                                        out_dir=tmp_path / "out", name="ens", config=config, seed=0,
                                        cache_dir=tmp_path / "cache" / "embeddings", progress=False,
@@ -218,6 +229,18 @@ def test_network_training_with_a_cca_branch_saves_that_kind(tmp_path):
     queries, enroll, runtime = rng.normal(size=(3, 24)), rng.normal(size=(4, 16)), rng.normal(size=(4, 24))
     llr, fused = loaded.score_candidates(queries, enroll, runtime)
     assert llr.shape == (3, 4) and fused.all() and np.isfinite(llr).all()
+    assert loaded.scoring["fused"]["features"] == ["runtime_cosine", "cross_cosine_tower",
+                                                   "aligned_runtime_cosine_tower"]
+    assert loaded.scoring["cross"]["features"] == ["cross_cosine"]
+    # the fused path reads the tower's S-normed features, the alignment-only path the
+    # ensemble's: what score_prepared computes equals the calibrations applied to all features
+    features = loaded.candidate_features(queries, enroll, runtime)
+    fused_cal = cal.LogisticCalibration.from_dict(loaded.scoring["fused"])
+    np.testing.assert_allclose(llr, fused_cal.llr(*[features[n] for n in fused_cal.features]), atol=1e-9)
+    cross_llr, none_fused = loaded.score_candidates(queries, enroll, np.full((4, 24), np.nan))
+    cross_cal = cal.LogisticCalibration.from_dict(loaded.scoring["cross"])
+    assert not none_fused.any()
+    np.testing.assert_allclose(cross_llr, cross_cal.llr(features["cross_cosine"]), atol=1e-9)
     # gallery adaptation fine-tunes the tower and keeps the linear branch as it is
     speakers = np.repeat(np.arange(4), 3)
     adapted = adapted_params(loaded, rng.normal(size=(12, 24)), rng.normal(size=(12, 16)), speakers,
