@@ -110,6 +110,8 @@ QUERY_COHORT_SPACES = {"cross_cosine": ("aligned", "aligned_target"), "runtime_c
 CANDIDATE_FEATURES = ("runtime_cosine", "cross_cosine", "aligned_runtime_cosine", "cross_cosine_tower",
                       "aligned_runtime_cosine_tower")
 TOWER_FEATURES = ("cross_cosine_tower", "aligned_runtime_cosine_tower")
+#: features compared in the whole space of a nn-twotower-cca artifact (tower + CCA branch)
+FULL_SPACE_FEATURES = frozenset({"cross_cosine", "aligned_runtime_cosine"})
 #: features that need the profile's runtime-space vector
 RUNTIME_FEATURES = ("runtime_cosine", "aligned_runtime_cosine", "aligned_runtime_cosine_tower")
 
@@ -267,6 +269,17 @@ class AlignmentArtifact:
             raise ValueError(f"expected (N, {self.source_dim}) {self.source_version} embeddings, got {x.shape}")
         return l2_normalise(self._source_transform()(l2_normalise(x)))
 
+    def _tower_source_transform(self):
+        """nn-twotower-cca: the source transform of its tower alone (compiled, cached)."""
+        cached = self.__dict__.get("_tower_fn")
+        if cached is None:
+            from nessa.network import CCA_BRANCH_SHAPES, compile_source
+
+            cached = compile_source("nn-twotower", {k: v for k, v in self._kind_params().items()
+                                                    if k not in CCA_BRANCH_SHAPES})
+            self.__dict__["_tower_fn"] = cached
+        return cached
+
     def _source_transform(self):
         """The kind's source transform bound to these params (a compiled fast path where
         the kind has one; computed once per artifact)."""
@@ -385,33 +398,44 @@ class AlignmentArtifact:
         q = _unit_rows(np.atleast_2d(np.asarray(query_runtime, dtype=np.float32)))
         if q.shape[1] != self.source_dim:
             raise ValueError(f"expected (N, {self.source_dim}) {self.source_version} embeddings, got {q.shape}")
-        aligned_q = _unit_rows(self._source_transform()(q))
-        out = {"cross_cosine": aligned_q @ prepared["aligned_enroll"].T}
-        queries = {"runtime": q, "aligned": aligned_q}
-        if "aligned_enroll_tower" in prepared:
-            # aligned_q is [mix0 * unit(tower), mix1 * unit(cca)]: its tower block over mix0 is unit
-            queries["aligned_tower"] = tower_q = aligned_q[:, :prepared["aligned_enroll_tower"].shape[1]] * (
-                1.0 / self.params["mix"][0])
-            out["cross_cosine_tower"] = tower_q @ prepared["aligned_enroll_tower"].T
+        want = (lambda name: True) if needed is None else needed.__contains__
+        tower_space = "aligned_enroll_tower" in prepared
+        # the full comparison space only when a feature reads it: the fused path of a
+        # nn-twotower-cca artifact needs its tower alone (no CCA branch per query)
+        full_space = needed is None or not tower_space or bool(needed & FULL_SPACE_FEATURES)
+        queries, out = {"runtime": q}, {}
+        if full_space:
+            queries["aligned"] = aligned_q = _unit_rows(self._source_transform()(q))
+            out["cross_cosine"] = aligned_q @ prepared["aligned_enroll"].T
+            if tower_space:  # [mix0 * unit(tower), mix1 * unit(cca)]: the tower block over mix0 is unit
+                queries["aligned_tower"] = aligned_q[:, :prepared["aligned_enroll_tower"].shape[1]] * (
+                    1.0 / self.params["mix"][0])
+        else:
+            queries["aligned_tower"] = _unit_rows(self._tower_source_transform()(q))
+        if tower_space and want("cross_cosine_tower"):
+            out["cross_cosine_tower"] = queries["aligned_tower"] @ prepared["aligned_enroll_tower"].T
         if "runtime" in prepared:
-            out["runtime_cosine"] = q @ prepared["runtime"].T
-            out["aligned_runtime_cosine"] = aligned_q @ prepared["aligned_runtime"].T
-            if "aligned_runtime_tower" in prepared:
+            if want("runtime_cosine"):
+                out["runtime_cosine"] = q @ prepared["runtime"].T
+            if full_space and want("aligned_runtime_cosine"):
+                out["aligned_runtime_cosine"] = queries["aligned"] @ prepared["aligned_runtime"].T
+            if tower_space and want("aligned_runtime_cosine_tower"):
                 out["aligned_runtime_cosine_tower"] = queries["aligned_tower"] @ prepared["aligned_runtime_tower"].T
         snorm = self.scoring.get("snorm")
-        if snorm and prepared.get("snorm") and (needed is None or needed & prepared["snorm"].keys()):
+        if snorm and prepared.get("snorm"):
             k = int(snorm["top_k"])
             cohort = self._cohort_transposed()
-            names = [name for name in prepared["snorm"] if needed is None or name in needed]
-            # every normalised feature's query-side cohort scores in one top-k pass (rows
-            # stacked feature by feature; the cohort has the same speakers in every space)
-            stacked = np.concatenate([queries[QUERY_COHORT_SPACES[name][0]] @ cohort[QUERY_COHORT_SPACES[name][1]]
-                                      for name in names])
-            mean, sd = top_k_stats(stacked, k)
-            n = len(q)
-            for i, name in enumerate(names):
-                out[name] = snorm_with_stats(out[name], (mean[i * n:(i + 1) * n], sd[i * n:(i + 1) * n]),
-                                             prepared["snorm"][name])
+            names = [name for name in prepared["snorm"] if name in out and want(name)]
+            if names:
+                # every normalised feature's query-side cohort scores in one top-k pass (rows
+                # stacked feature by feature; the cohort has the same speakers in every space)
+                stacked = np.concatenate([queries[QUERY_COHORT_SPACES[name][0]] @ cohort[QUERY_COHORT_SPACES[name][1]]
+                                          for name in names])
+                mean, sd = top_k_stats(stacked, k)
+                n = len(q)
+                for i, name in enumerate(names):
+                    out[name] = snorm_with_stats(out[name], (mean[i * n:(i + 1) * n], sd[i * n:(i + 1) * n]),
+                                                 prepared["snorm"][name])
         if "runtime" in prepared and not prepared["fused"].all():
             for name in RUNTIME_FEATURES:
                 if name not in out:
@@ -522,7 +546,7 @@ class AlignmentArtifact:
         single = np.asarray(query_runtime).ndim == 1
         fused = prepared["fused"]
         features = self.score_features(query_runtime, prepared, self._features_needed(fused))
-        n = features["cross_cosine"].shape[0]
+        n = np.atleast_2d(np.asarray(query_runtime)).shape[0]
         if seconds is None or not self.scoring.get("duration_bands"):
             groups = {None: None}
         else:
