@@ -201,6 +201,32 @@ def evaluate(aligners: list[Aligner], folds: list[Fold]) -> dict:
     return out
 
 
+def cross_fusion(towers: list[Aligner], branches: list[Aligner], folds: list[Fold]) -> dict:
+    """Pooled EER of LLR = a * tower cross_sn + b * cca cross_sn + c, weights fitted on the
+    other folds' train-clean-100 trials (every condition)."""
+    per_fold = []
+    for tower, branch, fold in zip(towers, branches, folds):
+        per_fold.append({key: (np.stack([features(tower, t, fold.cohort)["cross_sn"],
+                                         features(branch, t, fold.cohort)["cross_sn"]], axis=-1), t.is_target)
+                         for key, t in fold.trials.items() if key[0] == TC})
+    out, weights = {}, []
+    for key in per_fold[0]:
+        t_all, n_all = [], []
+        for j, fold_scores in enumerate(per_fold):
+            tab_t = [f[k][0][f[k][1]] for i, f in enumerate(per_fold) if i != j for k in f]
+            tab_n = [f[k][0][~f[k][1]] for i, f in enumerate(per_fold) if i != j for k in f]
+            fusion = cal.fit_logistic_calibration(np.concatenate(tab_t), np.concatenate(tab_n), ("tower", "cca"))
+            weights.append(fusion.weights)
+            feats, mask = fold_scores[key]
+            llr = fusion.llr(feats[..., 0], feats[..., 1])
+            t_all.append(llr[mask])
+            n_all.append(llr[~mask])
+        out[f"cross_sn:tc-{key[1]}"] = eer(np.concatenate(t_all), np.concatenate(n_all))
+    out["rule"] = round(float(np.mean([out[f"cross_sn:tc-{c}"] for c in RULE])), 3)
+    out["fusion_weights_mean"] = np.mean(weights, axis=0).round(3).tolist()
+    return out
+
+
 # ----------------------------------------------------------------------------- the sweep
 def wise(initial: dict, trained: dict, alpha: float) -> dict:
     return {k: initial[k] + np.float32(alpha) * (trained[k] - initial[k]) for k in trained}
@@ -257,6 +283,14 @@ def main() -> None:
             soup = [_fit_one(pairs, config, 0, batch_seed, checkpoint_dir=None, progress=False, log=None,
                              eval_fn=None) for batch_seed in range(config.soup)]
             runs.append(wise(soup[0][0], {k: np.mean([r[1][k] for r in soup], axis=0) for k in soup[0][1]}, 0.75))
+        # the alignment-only score as a calibrated fusion of the tower's and the CCA branch's
+        # S-normed cosines (weights by logistic regression on the other folds), vs the fixed mix
+        row = {"setting": "v2 tower & cca tc s=0.6, cross scores fused by logistic regression",
+               **cross_fusion([Aligner([("nn-twotower", p, 1.0)]) for p in runs],
+                              [Aligner([("cca", c, 1.0)]) for c in cca[0.6]], folds)}
+        results.append(row)
+        print(f"{row['setting']:58s} rule {row['rule']:6.3f} | "
+              + " ".join(f"{row[f'cross_sn:tc-{c}']:5.2f}" for c in CONDITIONS), flush=True)
         for shrinkage in (0.6, 0.8):
             branches = cca.get(shrinkage) or [fit_cca(*f.tc_pairs_xy, 96, shrinkage).params() for f in folds]
             for beta in (0.3, 0.4, 0.5, 0.6, 0.7):
