@@ -239,6 +239,8 @@ def main() -> None:
     parser.add_argument("--concat-dir", default="var/corpora")
     parser.add_argument("--out", default="var/eval/levers-r3.json")
     parser.add_argument("--settings", default="", help="comma-separated subset of setting names")
+    parser.add_argument("--top-k-grid", type=int, nargs="*", default=None,
+                        help="with --branch-grid: only v3's mix, under these S-norm cohort sizes")
     parser.add_argument("--branch-grid", action="store_true",
                         help="only the shipped tower with CCA branches of several weights and shrinkages")
     args = parser.parse_args()
@@ -291,6 +293,14 @@ def main() -> None:
         results.append(row)
         print(f"{row['setting']:58s} rule {row['rule']:6.3f} | "
               + " ".join(f"{row[f'cross_sn:tc-{c}']:5.2f}" for c in CONDITIONS), flush=True)
+        global TOP_K
+        for top_k in (args.top_k_grid or ()):  # S-norm cohort size for v3's alignment-only score
+            TOP_K = top_k
+            report(f"v2 tower + 0.5 x cca tc s=0.6, S-norm top {top_k}",
+                   [Aligner([("nn-twotower", p, 0.5), ("cca", c, 0.5)]) for p, c in zip(runs, cca[0.6])])
+        TOP_K = 50
+        if args.top_k_grid:
+            return
         for shrinkage in (0.6, 0.8):
             branches = cca.get(shrinkage) or [fit_cca(*f.tc_pairs_xy, 96, shrinkage).params() for f in folds]
             for beta in (0.3, 0.4, 0.5, 0.6, 0.7):
