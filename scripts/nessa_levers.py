@@ -241,6 +241,7 @@ def main() -> None:
     parser.add_argument("--settings", default="", help="comma-separated subset of setting names")
     parser.add_argument("--top-k-grid", type=int, nargs="*", default=None,
                         help="with --branch-grid: only v3's mix, under these S-norm cohort sizes")
+    parser.add_argument("--multi", action="store_true", help="only: ensembles with a second tower")
     parser.add_argument("--branch-grid", action="store_true",
                         help="only the shipped tower with CCA branches of several weights and shrinkages")
     args = parser.parse_args()
@@ -277,6 +278,25 @@ def main() -> None:
         "v2 recipe, soup of 3": dict(recipe, soup=3),
         "v2 recipe, shared space 128-d": dict(recipe, shared_dim=128),
     }
+    if args.multi:  # a second, different tower in the alignment-only space (v2 tower + 128-d tower + CCA)
+        towers = {}
+        for label, values, alpha in (("v2", dict(recipe, soup=3), 0.75), ("128", dict(recipe, shared_dim=128), 0.5),
+                                     ("tc-init", dict(recipe, init_domain=TC, cca_shrinkage=0.6), 0.5)):
+            config = NetworkConfig.from_any(values)
+            towers[label] = []
+            for f in folds:
+                pairs = build_pairs(files, domains, f.fit, config)
+                soup = [_fit_one(pairs, config, 0, batch_seed, checkpoint_dir=None, progress=False, log=None,
+                                 eval_fn=None) for batch_seed in range(config.soup)]
+                towers[label].append(wise(soup[0][0], {k: np.mean([r[1][k] for r in soup], axis=0)
+                                                       for k in soup[0][1]}, alpha))
+        for other in ("128", "tc-init"):
+            for weights in ((0.25, 0.25, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.35, 0.15, 0.5)):
+                report(f"v2 tower {weights[0]:.2f} + {other} tower {weights[1]:.2f} + cca {weights[2]:.2f}",
+                       [Aligner([("nn-twotower", a, weights[0]), ("nn-twotower", b, weights[1]),
+                                 ("cca", c, weights[2])])
+                        for a, b, c in zip(towers["v2"], towers[other], cca[0.6])])
+        return
     if args.branch_grid:  # the shipped tower (v2: soup of 3, a = 0.75) with CCA branches of several kinds
         config = NetworkConfig.from_any(dict(recipe, soup=3))
         runs = []
