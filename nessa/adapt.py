@@ -184,6 +184,28 @@ def _recalibrate(artifact: AlignmentArtifact, source, target, speakers, config: 
         parent = artifact.cross_calibration if label == "calibration" else artifact.fused_calibration
         c = c.with_thresholds(cal.operating_thresholds(llr[is_target], llr[~is_target]), parent.default_threshold)
         out[label] = c.to_dict()
+    if artifact.scoring.get("fused") and not artifact.scoring.get("duration_bands"):
+        # the calibrations the service reads (score_candidates), on the same held-out trials
+        out["scoring"] = _recalibrate_scoring(artifact, source, target, speakers)
+    return out
+
+
+def _recalibrate_scoring(artifact: AlignmentArtifact, source, target, speakers) -> dict:
+    speakers = np.asarray(speakers).astype(str)
+    names = sorted(set(speakers.tolist()))
+    prof_r = np.stack([np.asarray(source)[speakers == n].mean(axis=0) for n in names])
+    prof_e = np.stack([np.asarray(target)[speakers == n].mean(axis=0) for n in names])
+    features = artifact.candidate_features(source, prof_e, prof_r)
+    is_target = speakers[:, None] == np.asarray(names)[None, :]
+    out = {}
+    for label in ("fused", "cross"):
+        parent = cal.LogisticCalibration.from_dict(artifact.scoring[label])
+        values = [features[name] for name in parent.features]
+        stacked = np.stack([v.ravel() for v in values], axis=1)
+        c = cal.fit_logistic_calibration(stacked[is_target.ravel()], stacked[~is_target.ravel()], parent.features)
+        llr = c.llr(*values)
+        out[label] = c.with_thresholds(cal.operating_thresholds(llr[is_target], llr[~is_target]),
+                                       parent.default_threshold).to_dict()
     return out
 
 
@@ -200,7 +222,7 @@ def adapt_artifact(artifact: AlignmentArtifact, source_embeddings, target_embedd
     if target.shape != (len(source), artifact.target_dim) or len(speakers) != len(source):
         raise ValueError(f"need N paired rows: {source.shape}, {target.shape}, {speakers.shape}")
     names = sorted(set(speakers.tolist()))
-    calibration, fusion, recalibrated = artifact.calibration, artifact.fusion, False
+    calibration, fusion, scoring, recalibrated = artifact.calibration, artifact.fusion, artifact.scoring, False
     if len(names) >= config.min_calibration_speakers:
         rng = np.random.default_rng(config.seed)
         held = set(rng.choice(names, size=max(2, int(round(config.calibration_fraction * len(names)))),
@@ -210,6 +232,8 @@ def adapt_artifact(artifact: AlignmentArtifact, source_embeddings, target_embedd
                                                         speakers[fit_rows], config))
         fitted = _recalibrate(partial, source[~fit_rows], target[~fit_rows], speakers[~fit_rows], config)
         calibration, fusion, recalibrated = fitted["calibration"], fitted["fusion"], True
+        if "scoring" in fitted:
+            scoring = {**artifact.scoring, **fitted["scoring"]}
     params = adapted_params(artifact, source, target, speakers, config)
     digest = hashlib.sha256(source.tobytes() + target.tobytes() + "\n".join(speakers).encode()).hexdigest()
     resolved = config.method if config.method != "auto" else (
@@ -220,7 +244,7 @@ def adapt_artifact(artifact: AlignmentArtifact, source_embeddings, target_embedd
                   "recalibrated": recalibrated}
     return _with_params(artifact, params, name=name or f"{artifact.name}+adapted",
                         config={**artifact.config, "adaptation": adaptation},
-                        calibration=calibration, fusion=fusion,
+                        calibration=calibration, fusion=fusion, scoring=scoring,
                         command=f"nessa align adapt (parent {artifact.name})", created_at=utc_now())
 
 
@@ -244,7 +268,7 @@ def gallery_systems(artifact: AlignmentArtifact, data, config: AdaptConfig | dic
     crops (``data.tests``) are the same audio. Do not use with the all-pairs protocol
     (every utterance is enrolled there, so the adaptation would see the test audio).
     """
-    from nessa.evaluation import System, _mean_vectors
+    from nessa.evaluation import SecondsScorer, System, _mean_vectors
 
     config = AdaptConfig.from_any(config)
     row_of = {np.asarray(v, np.float32).tobytes(): i for i, v in enumerate(data.enroll_full)}
@@ -263,16 +287,24 @@ def gallery_systems(artifact: AlignmentArtifact, data, config: AdaptConfig | dic
     def build_cross(enroll_groups, runtime_groups):
         adapted = adapted_for(enroll_groups)
         profiles = _mean_vectors(enroll_groups)
+        if adapted.scoring:  # scored as the service scores it (S-norm, its own features)
+            return SecondsScorer(lambda test_e, test_r, seconds: adapted.score_candidates(
+                test_r, profiles, None, seconds=seconds)[0])
         return lambda test_e, test_r: adapted.score_cross(adapted.cross_cosine(test_r, profiles))
 
     def build_fused(enroll_groups, runtime_groups):
         adapted = adapted_for(enroll_groups)
         profiles_e, profiles_r = _mean_vectors(enroll_groups), _mean_vectors(runtime_groups)
+        if adapted.scoring:
+            return SecondsScorer(lambda test_e, test_r, seconds: adapted.score_candidates(
+                test_r, profiles_e, profiles_r, seconds=seconds)[0])
         return lambda test_e, test_r: adapted.score_fused(l2_normalise(test_r) @ profiles_r.T,
                                                           adapted.cross_cosine(test_r, profiles_e))
 
     def threshold(fused: bool):
         try:
+            if artifact.scoring:
+                return artifact.candidate_threshold(fused=fused)
             return artifact.threshold(fused=fused)
         except (KeyError, ValueError):
             return None

@@ -81,6 +81,10 @@ class NetworkConfig:
     l2_init: float = 0.0
     #: fit the ridge / CCA initialisation on this domain's pairs only ("": every pair)
     init_domain: str = ""
+    #: sampling weight of pairs of at least ``long_seconds`` within a speaker's batch rows
+    #: (1: uniform; long queries are few among the chunks but are what full-length tests are)
+    long_pair_weight: float = 1.0
+    long_seconds: float = 4.0
     #: Gaussian noise on the standardised runtime input while training (std)
     input_noise: float = 0.0
     dropout: float = 0.0
@@ -198,13 +202,14 @@ class PairSet:
     speakers: list         # names
     speaker_weight: np.ndarray  # (n_speakers,) sampling weight (domain weight)
     domain: np.ndarray | None = None  # (n,) corpus domain of each pair, where known
+    seconds: np.ndarray | None = None  # (n,) segment length of each pair, where known
 
 
 def build_pairs(files: Sequence[FileEmbeddings], domains: dict[str, str], speakers: set[str],
                 config: NetworkConfig) -> PairSet:
     """Pairs of the given speakers; ``domains`` maps a file path to its corpus domain."""
     roles = PAIR_ROLES[config.pair_roles]
-    xs, ys, labels, names, weights, row_domains = [], [], [], {}, {}, []
+    xs, ys, labels, names, weights, row_domains, row_seconds = [], [], [], {}, {}, [], []
     for item in files:
         if item.speaker not in speakers:
             continue
@@ -218,13 +223,14 @@ def build_pairs(files: Sequence[FileEmbeddings], domains: dict[str, str], speake
         ys.append(item.target[rows])
         labels.append(np.full(int(rows.sum()), index))
         row_domains.append(np.full(int(rows.sum()), domains[item.path], dtype=object))
+        row_seconds.append(item.plan.seconds[rows])
     if not xs:
         raise ValueError("no training pairs")
     return PairSet(x=l2_normalise(np.concatenate(xs).astype(np.float32)),
                    y=l2_normalise(np.concatenate(ys).astype(np.float32)),
                    speaker=np.concatenate(labels), speakers=list(names),
                    speaker_weight=np.array([weights[i] for i in range(len(names))], dtype=np.float64),
-                   domain=np.concatenate(row_domains).astype(str))
+                   domain=np.concatenate(row_domains).astype(str), seconds=np.concatenate(row_seconds))
 
 
 def _initial_params(config: NetworkConfig, pairs: PairSet) -> dict:
@@ -250,6 +256,8 @@ def _initial_params(config: NetworkConfig, pairs: PairSet) -> dict:
 def _run_key(config: NetworkConfig, seed: int, pairs: PairSet, batch_seed: int | None = None) -> str:
     # what shapes one training run (post-hoc soup / WiSE-FT settings do not)
     trained = {k: v for k, v in config.as_dict().items() if k not in POST_TRAINING_FIELDS}
+    if config.long_pair_weight == 1.0:  # uniform sampling: the same runs (and keys) as before the option
+        trained.pop("long_pair_weight"), trained.pop("long_seconds")
     identity = {"version": CHECKPOINT_VERSION, "config": trained, "seed": seed, "n": len(pairs.x),
                 "x": hashlib.sha256(pairs.x.tobytes()).hexdigest(), "y": hashlib.sha256(pairs.y.tobytes()).hexdigest(),
                 "speaker": hashlib.sha256(pairs.speaker.astype(np.int64).tobytes()).hexdigest(),
@@ -264,10 +272,19 @@ def _epoch_batches(pairs: PairSet, config: NetworkConfig, seed: int, epoch: int,
     n_speakers = len(pairs.speakers)
     p = pairs.speaker_weight / pairs.speaker_weight.sum()
     per_batch = min(config.speakers_per_batch, n_speakers)
+    row_p = None
+    if config.long_pair_weight != 1.0:  # (the uniform case keeps its exact random stream)
+        if pairs.seconds is None:
+            raise ValueError("long_pair_weight needs pair durations")
+        row_p = []
+        for rows in rows_by_speaker:
+            w = np.where(pairs.seconds[rows] >= config.long_seconds, config.long_pair_weight, 1.0)
+            row_p.append(w / w.sum())
     for _ in range(config.steps_per_epoch):
         chosen = rng.choice(n_speakers, size=per_batch, replace=False, p=p)
         rows = [rng.choice(rows_by_speaker[s], size=config.chunks_per_speaker,
-                           replace=len(rows_by_speaker[s]) < config.chunks_per_speaker) for s in chosen]
+                           replace=len(rows_by_speaker[s]) < config.chunks_per_speaker,
+                           p=None if row_p is None else row_p[s]) for s in chosen]
         yield np.concatenate(rows)
 
 

@@ -241,6 +241,7 @@ def main() -> None:
     parser.add_argument("--settings", default="", help="comma-separated subset of setting names")
     parser.add_argument("--top-k-grid", type=int, nargs="*", default=None,
                         help="with --branch-grid: only v3's mix, under these S-norm cohort sizes")
+    parser.add_argument("--long", action="store_true", help="only: long pairs sampled more often")
     parser.add_argument("--multi", action="store_true", help="only: ensembles with a second tower")
     parser.add_argument("--branch-grid", action="store_true",
                         help="only the shipped tower with CCA branches of several weights and shrinkages")
@@ -278,6 +279,18 @@ def main() -> None:
         "v2 recipe, soup of 3": dict(recipe, soup=3),
         "v2 recipe, shared space 128-d": dict(recipe, shared_dim=128),
     }
+    if args.long:  # long pairs sampled more often (the failing test-other condition is long queries)
+        for weight, seconds in ((4.0, 4.0), (8.0, 5.5)):
+            config = NetworkConfig.from_any(dict(recipe, long_pair_weight=weight, long_seconds=seconds))
+            runs = [_fit_one(build_pairs(files, domains, f.fit, config), config, 0, 0, checkpoint_dir=None,
+                             progress=False, log=None, eval_fn=None) for f in folds]
+            for alpha in (0.5, 0.75, 1.0):
+                params = [wise(init, trained, alpha) for init, trained in runs]
+                name = f"long pairs x{weight:g} (>= {seconds:g} s), a={alpha}"
+                report(name, [Aligner([("nn-twotower", p, 1.0)]) for p in params])
+                report(f"{name} + 0.5 x cca tc s=0.6",
+                       [Aligner([("nn-twotower", p, 0.5), ("cca", c, 0.5)]) for p, c in zip(params, cca[0.6])])
+        return
     if args.multi:  # a second, different tower in the alignment-only space (v2 tower + 128-d tower + CCA)
         towers = {}
         for label, values, alpha in (("v2", dict(recipe, soup=3), 0.75), ("128", dict(recipe, shared_dim=128), 0.5),

@@ -249,3 +249,53 @@ def test_network_training_with_a_cca_branch_saves_that_kind(tmp_path):
     for key in ("c_x_projection", "c_y_projection", "mix", "t_weight"):
         np.testing.assert_array_equal(adapted[key], loaded.params[key])
     assert not np.array_equal(adapted["w2"], loaded.params["w2"])
+
+
+@pytest.mark.parametrize("arch,cca_branch", [("resmlp", 0.0), ("twotower", 0.0), ("twotower", 0.4)])
+def test_compiled_source_transform_matches_the_reference(arch, cca_branch):
+    from nessa.linear import fit_cca
+    from nessa.network import cca_branch_params, compile_source
+
+    pairs = synthetic_pairs()
+    init = "ridge" if arch == "resmlp" else "cca"
+    params = fit_network(pairs, NetworkConfig(arch=arch, init=init, **SMALL), seed=0, progress=False)
+    kind = KIND_OF[arch]
+    if cca_branch:
+        cca = fit_cca(pairs.x.astype(np.float64), pairs.y.astype(np.float64), 6, 0.5).params()
+        params = {**params, **{k: np.asarray(v, np.float32) for k, v in cca_branch_params(cca, cca_branch).items()}}
+        kind = "nn-twotower-cca"
+    reference = TRANSFORMS[kind][0](params, pairs.x)
+    compiled = compile_source(kind, params)(pairs.x)
+    np.testing.assert_allclose(compiled, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    assert compile_source("nn-linear", params) is None  # kinds without a fast path keep the reference
+
+
+def test_adapting_an_artifact_with_its_own_scoring_recalibrates_what_the_service_reads():
+    from nessa.adapt import adapt_artifact
+
+    pairs = synthetic_pairs(n_speakers=48, per_speaker=6)
+    params = fit_network(pairs, NetworkConfig(arch="twotower", init="cca", **SMALL), seed=0, progress=False)
+    cohort = {"cohort_enroll": pairs.y[::6][:20], "cohort_runtime": pairs.x[::6][:20]}
+    names = ("runtime_cosine", "cross_cosine", "aligned_runtime_cosine")
+    stale = {"fused": cal.LogisticCalibration(names, (1.0, 1.0, 1.0), -30.0, thresholds={"far_0.1pct": 3.0}).to_dict(),
+             "cross": cal.LogisticCalibration(("cross_cosine",), (1.0,), -30.0,
+                                              thresholds={"far_0.1pct": 2.0}).to_dict(),
+             "snorm": {"top_k": 3, "features": ["runtime_cosine", "cross_cosine"]}, "fused_features": list(names)}
+    parent = AlignmentArtifact(name="rich", kind="nn-twotower", source_version="fake-24", source_dim=24,
+                               source_weights_sha256="a" * 64, target_version="fake-16", target_dim=16,
+                               target_weights_sha256="b" * 64, params={**params, **cohort},
+                               calibration=stale["cross"], fusion=stale["fused"], scoring=stale)
+    speakers = np.asarray(pairs.speakers)[pairs.speaker]
+    adapted = adapt_artifact(parent, pairs.x, pairs.y, speakers, config={"steps": 5, "min_calibration_speakers": 40})
+    assert adapted.config["adaptation"]["recalibrated"]
+    for label in ("fused", "cross"):
+        fresh = cal.LogisticCalibration.from_dict(adapted.scoring[label])
+        assert fresh.features == tuple(stale[label]["features"]) and fresh.bias != -30.0
+        assert all(w > 0 for w in fresh.weights) and np.isfinite(fresh.threshold())
+    assert adapted.scoring["snorm"] == stale["snorm"]
+    # the service's scores now sit on the new calibration: same-speaker queries clear its threshold
+    profiles_e = np.stack([pairs.y[pairs.speaker == s].mean(axis=0) for s in range(48)])
+    profiles_r = np.stack([pairs.x[pairs.speaker == s].mean(axis=0) for s in range(48)])
+    llr, _ = adapted.score_candidates(pairs.x, profiles_e, profiles_r)
+    own = llr[np.arange(len(llr)), pairs.speaker]
+    assert np.mean(own >= adapted.candidate_threshold()) > 0.5
