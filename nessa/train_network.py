@@ -41,7 +41,7 @@ CHECKPOINT_VERSION = 2
 PAIR_ROLES = {"chunks": (ROLE_CHUNK, ROLE_FULL), "all": (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST)}
 #: NetworkConfig fields applied after a training run (they do not change a run's checkpoints)
 POST_TRAINING_FIELDS = ("wise_alpha", "soup", "snorm_top_k", "fused_features", "snorm_features", "duration_bands",
-                        "cca_branch", "cca_branch_shrinkage")
+                        "cca_branch", "cca_branch_shrinkage", "cca_branch_pairs")
 
 
 def _normalise_domain_weights(values: dict) -> dict:
@@ -116,6 +116,9 @@ class NetworkConfig:
     #: corpus' pairs (kind nn-twotower-cca: cosine = (1 - b) cos_tower + b cos_cca; 0: none)
     cca_branch: float = 0.0
     cca_branch_shrinkage: float = 0.6
+    #: which segments of the primary corpus the branch is fitted on: "chunks" (random chunks
+    #: and whole utterances, as nessa.train's CCA) or "all" (also the profile / test tiles)
+    cca_branch_pairs: str = "chunks"
     # runtime scoring stored in the artifact (``scoring``; used by score_candidates)
     #: adaptive S-norm of the fused features against a cohort of the primary corpus'
     #: speakers stored in the artifact: top-k (0: off)
@@ -143,6 +146,8 @@ class NetworkConfig:
             raise ValueError("soup must be >= 1")
         if self.cca_branch and (self.arch != "twotower" or not 0.0 < self.cca_branch < 1.0):
             raise ValueError("cca_branch needs arch=twotower and a weight between 0 and 1")
+        if self.cca_branch_pairs not in PAIR_ROLES:
+            raise ValueError(f"cca_branch_pairs must be one of {sorted(PAIR_ROLES)}")
         from nessa.artifact import CANDIDATE_FEATURES
 
         unknown = (set(self.fused_feature_names) | set(self.snorm_feature_names)) - set(CANDIDATE_FEATURES)
@@ -421,7 +426,14 @@ def add_cca_branch(params: dict, files: Sequence[FileEmbeddings], speakers: set[
     (chunk and whole-utterance pairs of ``speakers`` in ``files``)."""
     if not config.cca_branch:
         return params
-    x, y = regression_pairs(files, speakers, "chunk")
+    if config.cca_branch_pairs == "chunks":
+        x, y = regression_pairs(files, speakers, "chunk")
+    else:
+        roles = PAIR_ROLES[config.cca_branch_pairs]
+        rows = [(item.source[np.isin(item.plan.roles, roles)], item.target[np.isin(item.plan.roles, roles)])
+                for item in files if item.speaker in speakers]
+        x = np.concatenate([r[0] for r in rows]).astype(np.float64)
+        y = np.concatenate([r[1] for r in rows]).astype(np.float64)
     cca = fit_cca(x, y, n_components, config.cca_branch_shrinkage).params()
     return {**params, **{k: np.asarray(v, dtype=np.float32)
                          for k, v in cca_branch_params(cca, config.cca_branch).items()}}

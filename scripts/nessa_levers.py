@@ -201,6 +201,16 @@ def evaluate(aligners: list[Aligner], folds: list[Fold]) -> dict:
     return out
 
 
+def branch_pairs_all(files, domains, fold) -> tuple[np.ndarray, np.ndarray]:
+    """train-clean-100 pairs of the fold's training speakers, every segment role."""
+    rows_x, rows_y = [], []
+    for item in files:
+        if domains[item.path] == TC and item.speaker in fold.fit:
+            rows_x.append(item.source)
+            rows_y.append(item.target)
+    return np.concatenate(rows_x).astype(np.float64), np.concatenate(rows_y).astype(np.float64)
+
+
 def cross_fusion(towers: list[Aligner], branches: list[Aligner], folds: list[Fold]) -> dict:
     """Pooled EER of LLR = a * tower cross_sn + b * cca cross_sn + c, weights fitted on the
     other folds' train-clean-100 trials (every condition)."""
@@ -241,6 +251,8 @@ def main() -> None:
     parser.add_argument("--settings", default="", help="comma-separated subset of setting names")
     parser.add_argument("--top-k-grid", type=int, nargs="*", default=None,
                         help="with --branch-grid: only v3's mix, under these S-norm cohort sizes")
+    parser.add_argument("--branch-pairs", action="store_true",
+                        help="with --branch-grid: only the branch fitted on every segment role")
     parser.add_argument("--long", action="store_true", help="only: long pairs sampled more often")
     parser.add_argument("--multi", action="store_true", help="only: ensembles with a second tower")
     parser.add_argument("--branch-grid", action="store_true",
@@ -333,6 +345,12 @@ def main() -> None:
                    [Aligner([("nn-twotower", p, 0.5), ("cca", c, 0.5)]) for p, c in zip(runs, cca[0.6])])
         TOP_K = 50
         if args.top_k_grid:
+            return
+        if args.branch_pairs:  # the branch fitted on every segment role (tiles too), several shrinkages
+            for shrinkage in (0.4, 0.5, 0.6, 0.7):
+                branches = [fit_cca(*branch_pairs_all(files, domains, f), 96, shrinkage).params() for f in folds]
+                report(f"v2 tower + 0.5 x cca tc all roles s={shrinkage}",
+                       [Aligner([("nn-twotower", p, 0.5), ("cca", c, 0.5)]) for p, c in zip(runs, branches)])
             return
         for shrinkage in (0.6, 0.8):
             branches = cca.get(shrinkage) or [fit_cca(*f.tc_pairs_xy, 96, shrinkage).params() for f in folds]
