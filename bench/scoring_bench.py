@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import time
 
 import numpy as np
 
 from nessa.artifact import AlignmentArtifact
-from nessa.evaluation import benchmark_scoring
+from nessa.evaluation import benchmark_scoring, time_calls_us
 
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "nessa" / "artifacts"
 
@@ -25,19 +24,12 @@ def _baseline_us(dim: int, n_candidates: int, repeats: int = 5000) -> float:
     rng = np.random.default_rng(0)
     profiles = rng.normal(size=(n_candidates, dim)).astype(np.float32)
     queries = rng.normal(size=(repeats, dim)).astype(np.float32)
-    times = np.empty(repeats)
-    for i, q in enumerate(queries):
-        start = time.perf_counter_ns()
-        q[None, :] @ profiles.T
-        times[i] = time.perf_counter_ns() - start
-    return float(np.percentile(times / 1000.0, 50))
+    return float(np.percentile(time_calls_us(lambda q: q[None, :] @ profiles.T, queries), 50))
 
 
 def _service_step_us(artifact: AlignmentArtifact, n_candidates: int, repeats: int = 3000) -> float:
     """p50 of the service's whole scoring step (recognition._score without the database):
     the per-profile cache lookups, merging the candidates' rows, then score_prepared."""
-    import torch
-
     from app.services.recognition import PreparedProfiles
 
     rng = np.random.default_rng(1)
@@ -45,18 +37,9 @@ def _service_step_us(artifact: AlignmentArtifact, n_candidates: int, repeats: in
                  rng.normal(size=artifact.source_dim).astype(np.float32)) for i in range(n_candidates)]
     cache = PreparedProfiles()
     queries = rng.normal(size=(repeats, artifact.source_dim)).astype(np.float32)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        artifact.score_prepared(queries[0], cache.get(artifact, profiles))  # fills the cache
-        times = np.empty(repeats)
-        for i, q in enumerate(queries):
-            start = time.perf_counter_ns()
-            artifact.score_prepared(q, cache.get(artifact, profiles))
-            times[i] = time.perf_counter_ns() - start
-    finally:
-        torch.set_num_threads(previous)
-    return float(np.percentile(times / 1000.0, 50))
+    micro = time_calls_us(lambda q: artifact.score_prepared(q, cache.get(artifact, profiles)), queries,
+                          warmup=1)  # the first call fills the cache
+    return float(np.percentile(micro, 50))
 
 
 def run(n_candidates: int = 10) -> list[dict]:

@@ -160,52 +160,33 @@ def _with_params(artifact: AlignmentArtifact, params: dict, **changes) -> Alignm
 
 
 # ============================================================================ calibration
-def _gallery_trials(artifact: AlignmentArtifact, source, target, speakers):
-    """Held-out gallery trials: profile = mean of a speaker's vectors (both models), tests =
-    each runtime vector; returns (runtime cos, cross cos, is_target)."""
+def _gallery_profiles(source, target, speakers) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out gallery trials: profile = the L2-normalised mean of a speaker's vectors (both
+    models), tests = each runtime vector; returns (runtime profiles, enrollment profiles,
+    is_target (tests, profiles))."""
     speakers = np.asarray(speakers).astype(str)
     names = sorted(set(speakers.tolist()))
     prof_r = l2_normalise(np.stack([np.asarray(source)[speakers == n].mean(axis=0) for n in names]))
     prof_e = l2_normalise(np.stack([np.asarray(target)[speakers == n].mean(axis=0) for n in names]))
-    runtime = l2_normalise(np.asarray(source, np.float64)) @ prof_r.T
-    cross = artifact.cross_cosine(source, prof_e)
-    return runtime, cross, speakers[:, None] == np.asarray(names)[None, :]
+    return prof_r, prof_e, speakers[:, None] == np.asarray(names)[None, :]
 
 
 def _recalibrate(artifact: AlignmentArtifact, source, target, speakers, config: AdaptConfig):
-    runtime, cross, is_target = _gallery_trials(artifact, source, target, speakers)
-    out = {}
-    for label, features, names in (("calibration", [cross], ("cross_cosine",)),
-                                   ("fusion", [runtime, cross], ("runtime_cosine", "cross_cosine"))):
-        stacked = np.stack([f.ravel() for f in features], axis=1)
-        mask = is_target.ravel()
-        c = cal.fit_logistic_calibration(stacked[mask], stacked[~mask], names)
-        llr = c.llr(*features)
-        parent = artifact.cross_calibration if label == "calibration" else artifact.fused_calibration
-        c = c.with_thresholds(cal.operating_thresholds(llr[is_target], llr[~is_target]), parent.default_threshold)
-        out[label] = c.to_dict()
+    prof_r, prof_e, is_target = _gallery_profiles(source, target, speakers)
+    runtime = l2_normalise(np.asarray(source, np.float64)) @ prof_r.T
+    cross = artifact.cross_cosine(source, prof_e)
+    calibrations = {"calibration": ([cross], ("cross_cosine",), artifact.cross_calibration),
+                    "fusion": ([runtime, cross], ("runtime_cosine", "cross_cosine"), artifact.fused_calibration)}
     if artifact.scoring.get("fused") and not artifact.scoring.get("duration_bands"):
         # the calibrations the service reads (score_candidates), on the same held-out trials
-        out["scoring"] = _recalibrate_scoring(artifact, source, target, speakers)
-    return out
-
-
-def _recalibrate_scoring(artifact: AlignmentArtifact, source, target, speakers) -> dict:
-    speakers = np.asarray(speakers).astype(str)
-    names = sorted(set(speakers.tolist()))
-    prof_r = np.stack([np.asarray(source)[speakers == n].mean(axis=0) for n in names])
-    prof_e = np.stack([np.asarray(target)[speakers == n].mean(axis=0) for n in names])
-    features = artifact.candidate_features(source, prof_e, prof_r)
-    is_target = speakers[:, None] == np.asarray(names)[None, :]
+        features = artifact.candidate_features(source, prof_e, prof_r)
+        for label in ("fused", "cross"):
+            parent = cal.LogisticCalibration.from_dict(artifact.scoring[label])
+            calibrations[f"scoring.{label}"] = ([features[n] for n in parent.features], parent.features, parent)
     out = {}
-    for label in ("fused", "cross"):
-        parent = cal.LogisticCalibration.from_dict(artifact.scoring[label])
-        values = [features[name] for name in parent.features]
-        stacked = np.stack([v.ravel() for v in values], axis=1)
-        c = cal.fit_logistic_calibration(stacked[is_target.ravel()], stacked[~is_target.ravel()], parent.features)
-        llr = c.llr(*values)
-        out[label] = c.with_thresholds(cal.operating_thresholds(llr[is_target], llr[~is_target]),
-                                       parent.default_threshold).to_dict()
+    for label, (features, names, parent) in calibrations.items():
+        fitted, _ = cal.fit_on_trials(features, is_target, names, default_threshold=parent.default_threshold)
+        out[label] = fitted.to_dict()
     return out
 
 
@@ -232,8 +213,8 @@ def adapt_artifact(artifact: AlignmentArtifact, source_embeddings, target_embedd
                                                         speakers[fit_rows], config))
         fitted = _recalibrate(partial, source[~fit_rows], target[~fit_rows], speakers[~fit_rows], config)
         calibration, fusion, recalibrated = fitted["calibration"], fitted["fusion"], True
-        if "scoring" in fitted:
-            scoring = {**artifact.scoring, **fitted["scoring"]}
+        if "scoring.fused" in fitted:
+            scoring = {**artifact.scoring, "fused": fitted["scoring.fused"], "cross": fitted["scoring.cross"]}
     params = adapted_params(artifact, source, target, speakers, config)
     digest = hashlib.sha256(source.tobytes() + target.tobytes() + "\n".join(speakers).encode()).hexdigest()
     resolved = config.method if config.method != "auto" else (

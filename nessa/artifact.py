@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from nessa.calibration import LogisticCalibration
+from nessa.network import CCA_BRANCH_SHAPES, compile_source, unit_rows
 from speechcore.embedder import l2_normalise
 
 FORMAT_VERSION = 1
@@ -135,12 +137,6 @@ def _jsonable(value):
     if isinstance(value, pathlib.PurePath):
         return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in artifact.json")
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length: l2_normalise for the per-query path, without the
-    overhead of np.linalg.norm on a single row (this runs once per identify request)."""
-    return x / np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-12)[:, None]
 
 
 def top_k_stats(cohort_scores: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -267,31 +263,21 @@ class AlignmentArtifact:
         x = np.asarray(x_source, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.source_dim:
             raise ValueError(f"expected (N, {self.source_dim}) {self.source_version} embeddings, got {x.shape}")
-        return l2_normalise(self._source_transform()(l2_normalise(x)))
+        return l2_normalise(self._source_transform(l2_normalise(x)))
 
+    @functools.cached_property
     def _tower_source_transform(self):
-        """nn-twotower-cca: the source transform of its tower alone (compiled, cached)."""
-        cached = self.__dict__.get("_tower_fn")
-        if cached is None:
-            from nessa.network import CCA_BRANCH_SHAPES, compile_source
+        """nn-twotower-cca: the source transform of its tower alone (compiled)."""
+        return compile_source("nn-twotower", {k: v for k, v in self._kind_params().items()
+                                              if k not in CCA_BRANCH_SHAPES})
 
-            cached = compile_source("nn-twotower", {k: v for k, v in self._kind_params().items()
-                                                    if k not in CCA_BRANCH_SHAPES})
-            self.__dict__["_tower_fn"] = cached
-        return cached
-
+    @functools.cached_property
     def _source_transform(self):
         """The kind's source transform bound to these params (a compiled fast path where
-        the kind has one; computed once per artifact)."""
-        cached = self.__dict__.get("_source_fn")
-        if cached is None:
-            from nessa.network import compile_source
-
-            kind_params = self._kind_params()
-            cached = compile_source(self.kind, kind_params) or (
-                lambda x: KINDS[self.kind].transform_source(kind_params, x))
-            self.__dict__["_source_fn"] = cached
-        return cached
+        the kind has one)."""
+        kind_params = self._kind_params()
+        return compile_source(self.kind, kind_params) or (
+            lambda x: KINDS[self.kind].transform_source(kind_params, x))
 
     def transform_target(self, y_target: np.ndarray) -> np.ndarray:
         """Enrollment-model embeddings -> the comparison space (only L2-normalised, for ridge)."""
@@ -334,19 +320,17 @@ class AlignmentArtifact:
     def _kind_params(self) -> dict:
         return {key: value for key, value in self.params.items() if key not in OPTIONAL_PARAM_SHAPES}
 
+    @functools.cached_property
     def _cohort(self) -> dict:
         """Cohort statistics in every space the S-norm needs, computed once per artifact."""
-        cached = self.__dict__.get("_cohort_cache")
-        if cached is None:
-            enroll = l2_normalise(self.params["cohort_enroll"])
-            runtime = l2_normalise(self.params["cohort_runtime"])
-            cached = {"runtime": runtime, "aligned_target": self.transform_target(enroll),
-                      "aligned_source": self.transform(runtime)}
-            if self.has_tower_space:
-                for space in ("aligned_target", "aligned_source"):
-                    cached[f"{space}_tower"] = self._tower_part(cached[space])
-            self.__dict__["_cohort_cache"] = cached
-        return cached
+        enroll = l2_normalise(self.params["cohort_enroll"])
+        runtime = l2_normalise(self.params["cohort_runtime"])
+        cohort = {"runtime": runtime, "aligned_target": self.transform_target(enroll),
+                  "aligned_source": self.transform(runtime)}
+        if self.has_tower_space:
+            for space in ("aligned_target", "aligned_source"):
+                cohort[f"{space}_tower"] = self._tower_part(cohort[space])
+        return cohort
 
     @property
     def has_tower_space(self) -> bool:
@@ -356,7 +340,7 @@ class AlignmentArtifact:
 
     def _tower_part(self, aligned: np.ndarray) -> np.ndarray:
         """Unit vectors of the tower block of nn-twotower-cca outputs (their first k dims)."""
-        return _unit_rows(aligned[:, :self.params["weight"].shape[1]])
+        return unit_rows(aligned[:, :self.params["weight"].shape[1]])
 
     def prepare_candidates(self, profile_enroll: np.ndarray, profile_runtime: np.ndarray | None = None) -> dict:
         """Everything about the candidate profiles that does not depend on the query (their
@@ -377,7 +361,7 @@ class AlignmentArtifact:
                     prepared[f"{key}_tower"] = self._tower_part(prepared[key])
         snorm = self.scoring.get("snorm")
         if snorm:
-            cohort, k = self._cohort(), int(snorm["top_k"])
+            cohort, k = self._cohort, int(snorm["top_k"])
             profile_sides = {"cross_cosine": ("aligned_enroll", "aligned_source"),
                              "runtime_cosine": ("runtime", "runtime"),
                              "aligned_runtime_cosine": ("aligned_runtime", "aligned_source"),
@@ -395,7 +379,7 @@ class AlignmentArtifact:
         """Raw (N queries, M profiles) scores against prepared candidates, S-normalised where
         ``scoring["snorm"]`` says (NaN for profiles without a runtime vector). ``needed``:
         only these features are S-normalised (the others are left raw; None: all)."""
-        q = _unit_rows(np.atleast_2d(np.asarray(query_runtime, dtype=np.float32)))
+        q = unit_rows(np.atleast_2d(np.asarray(query_runtime, dtype=np.float32)))
         if q.shape[1] != self.source_dim:
             raise ValueError(f"expected (N, {self.source_dim}) {self.source_version} embeddings, got {q.shape}")
         want = (lambda name: True) if needed is None else needed.__contains__
@@ -405,13 +389,13 @@ class AlignmentArtifact:
         full_space = needed is None or not tower_space or bool(needed & FULL_SPACE_FEATURES)
         queries, out = {"runtime": q}, {}
         if full_space:
-            queries["aligned"] = aligned_q = _unit_rows(self._source_transform()(q))
+            queries["aligned"] = aligned_q = unit_rows(self._source_transform(q))
             out["cross_cosine"] = aligned_q @ prepared["aligned_enroll"].T
             if tower_space:  # [mix0 * unit(tower), mix1 * unit(cca)]: the tower block over mix0 is unit
                 queries["aligned_tower"] = aligned_q[:, :prepared["aligned_enroll_tower"].shape[1]] * (
                     1.0 / self.params["mix"][0])
         else:
-            queries["aligned_tower"] = _unit_rows(self._tower_source_transform()(q))
+            queries["aligned_tower"] = unit_rows(self._tower_source_transform(q))
         if tower_space and want("cross_cosine_tower"):
             out["cross_cosine_tower"] = queries["aligned_tower"] @ prepared["aligned_enroll_tower"].T
         if "runtime" in prepared:
@@ -424,7 +408,7 @@ class AlignmentArtifact:
         snorm = self.scoring.get("snorm")
         if snorm and prepared.get("snorm"):
             k = int(snorm["top_k"])
-            cohort = self._cohort_transposed()
+            cohort = self._cohort_transposed
             names = [name for name in prepared["snorm"] if name in out and want(name)]
             if names:
                 # every normalised feature's query-side cohort scores in one top-k pass (rows
@@ -444,14 +428,11 @@ class AlignmentArtifact:
                 out[name][:, ~prepared["fused"]] = np.nan
         return out
 
+    @functools.cached_property
     def _cohort_transposed(self) -> dict:
         """The cohort matrices transposed and contiguous, for the per-query products
         (computed once per artifact; the profile side is prepared per candidate set)."""
-        cached = self.__dict__.get("_cohort_t_cache")
-        if cached is None:
-            cached = {space: np.ascontiguousarray(vectors.T) for space, vectors in self._cohort().items()}
-            self.__dict__["_cohort_t_cache"] = cached
-        return cached
+        return {space: np.ascontiguousarray(vectors.T) for space, vectors in self._cohort.items()}
 
     def candidate_features(self, query_runtime: np.ndarray, profile_enroll: np.ndarray,
                            profile_runtime: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -561,7 +542,7 @@ class AlignmentArtifact:
             if fused.all():
                 scores = fused_cal.llr(*[part[name] for name in fused_cal.features])
             else:
-                scores = cross_cal.llr(part["cross_cosine"])
+                scores = cross_cal.llr(*[part[name] for name in cross_cal.features])
                 if fused.any():
                     scores = np.where(fused[None, :], fused_cal.llr(*[part[name] for name in fused_cal.features]),
                                       scores)

@@ -152,6 +152,18 @@ def operating_thresholds(target_scores, nontarget_scores) -> dict:
     return thresholds
 
 
+def fit_on_trials(features, is_target: np.ndarray, feature_names: tuple[str, ...], *, prior: float = 0.5,
+                  default_threshold: str = "far_0.1pct") -> tuple[LogisticCalibration, np.ndarray]:
+    """A calibration fitted on a trial matrix (each feature an array shaped like the boolean
+    ``is_target``), with its operating thresholds on the same trials; and its LLRs there."""
+    mask = np.asarray(is_target, dtype=bool)
+    table = np.stack([np.asarray(f).ravel() for f in features], axis=1)
+    calibration = fit_logistic_calibration(table[mask.ravel()], table[~mask.ravel()], tuple(feature_names),
+                                           prior=prior)
+    llr = calibration.llr(*features)
+    return calibration.with_thresholds(operating_thresholds(llr[mask], llr[~mask]), default_threshold), llr
+
+
 def threshold_report(calibration: LogisticCalibration, target_llr, nontarget_llr) -> dict:
     """Empirical FAR / FRR of each stored threshold on the given trials."""
     metrics = _metrics()

@@ -846,14 +846,34 @@ def evaluate(enroll_embedder, runtime_embedder, eval_dir=DEFAULT_EVAL_DIR, *, ar
 
 
 # ============================================================================ micro-benchmark
+def time_calls_us(call: Callable[[np.ndarray], object], queries: np.ndarray, warmup: int = 0) -> np.ndarray:
+    """Microseconds of ``call(query)`` for each query, on one thread (torch's pool is set to
+    1 meanwhile; numpy's BLAS does not split a (1 x d) product across threads), after
+    ``warmup`` untimed calls on the first queries."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for query in queries[:warmup]:
+            call(query)
+        times = np.empty(len(queries))
+        clock = time.perf_counter_ns
+        for i, query in enumerate(queries):
+            start = clock()
+            call(query)
+            times[i] = clock() - start
+    finally:
+        torch.set_num_threads(previous)
+    return times / 1000.0
+
+
 def benchmark_scoring(artifact: AlignmentArtifact, n_candidates: int = 10, repeats: int = 5000,
                       seed: int = 0) -> dict:
     """Time to score ONE runtime embedding against ``n_candidates`` stored profiles:
     alignment transform + cross cosine + fused LLR (profiles' vectors precomputed, as the
-    service stores them). One thread (torch's pool is set to 1; numpy's BLAS does not
-    split a (1 x d) product across threads). Returns p50/p95/mean in microseconds."""
-    import torch
-
+    service stores them), one thread (``time_calls_us``). Returns p50/p95/mean in
+    microseconds."""
     rng = np.random.default_rng(seed)
     profiles_e = artifact.transform_target(rng.normal(size=(n_candidates, artifact.target_dim)))
     profiles_r = l2_normalise(rng.normal(size=(n_candidates, artifact.source_dim)))
@@ -861,26 +881,13 @@ def benchmark_scoring(artifact: AlignmentArtifact, n_candidates: int = 10, repea
     if artifact.scoring:  # the artifact's own scoring: profiles prepared once, per-query work timed
         prepared = artifact.prepare_candidates(rng.normal(size=(n_candidates, artifact.target_dim)), profiles_r)
 
-        def score(q):
-            artifact.score_prepared(q, prepared)
+        def score(query):
+            artifact.score_prepared(query[None, :], prepared)
     else:
-        def score(q):
-            artifact.score_fused(q @ profiles_r.T, artifact.transform(q) @ profiles_e.T)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for query in queries[:min(200, repeats)]:  # warm-up
-            score(query[None, :])
-        times = np.empty(repeats)
-        clock = time.perf_counter_ns
-        for i, query in enumerate(queries):
+        def score(query):
             q = query[None, :]
-            start = clock()
-            score(q)
-            times[i] = clock() - start
-    finally:
-        torch.set_num_threads(previous)
-    micro = times / 1000.0
+            artifact.score_fused(q @ profiles_r.T, artifact.transform(q) @ profiles_e.T)
+    micro = time_calls_us(score, queries, warmup=min(200, repeats))
     return {"artifact": artifact.name, "n_candidates": n_candidates, "repeats": repeats,
             "p50_us": round(float(np.percentile(micro, 50)), 2), "p95_us": round(float(np.percentile(micro, 95)), 2),
             "p99_us": round(float(np.percentile(micro, 99)), 2),

@@ -97,14 +97,16 @@ def centred_target(params: dict, y: np.ndarray) -> np.ndarray:
     return y - params["y_mean"]
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length: l2_normalise without the overhead of np.linalg.norm on a
+    single row (the per-query path of the service)."""
     return x / np.maximum(np.sqrt(np.einsum("ij,ij->i", x, x)), 1e-12)[:, None]
 
 
 def _with_cca_branch(params: dict, tower: np.ndarray, centred: np.ndarray, projection: str) -> np.ndarray:
     branch = (centred @ params[projection]) * params["c_component_weights"]
     mix = params["mix"]
-    return np.concatenate([mix[0] * _unit(tower), mix[1] * _unit(branch)], axis=1)
+    return np.concatenate([mix[0] * unit_rows(tower), mix[1] * unit_rows(branch)], axis=1)
 
 
 def twotower_cca_source(params: dict, x: np.ndarray) -> np.ndarray:
@@ -168,7 +170,7 @@ def compile_source(kind: str, params: dict) -> Callable | None:
         if mix is None:
             return out
         branch = h[:, hidden_size + out_size:]
-        return np.concatenate([mix[0] * _unit(out), mix[1] * _unit(branch)], axis=1)
+        return np.concatenate([mix[0] * unit_rows(out), mix[1] * unit_rows(branch)], axis=1)
 
     return source
 

@@ -262,13 +262,9 @@ def _calibrate(features: list[np.ndarray], names: tuple[str, ...], trials: DevTr
                config: AlignmentConfig) -> tuple[cal.LogisticCalibration, np.ndarray, dict]:
     """Fit a calibration on the dev trials; returns it (with thresholds), its LLRs and a report."""
     is_target = trials.is_target
-    stacked = np.stack([f.ravel() for f in features], axis=1)
-    mask = is_target.ravel()
-    calibration = cal.fit_logistic_calibration(stacked[mask], stacked[~mask], names, prior=config.calibration_prior)
-    llr = calibration.llr(*features)
+    calibration, llr = cal.fit_on_trials(features, is_target, names, prior=config.calibration_prior,
+                                         default_threshold=config.default_threshold)
     target_llr, nontarget_llr = _split_scores(llr, is_target)
-    calibration = calibration.with_thresholds(cal.operating_thresholds(target_llr, nontarget_llr),
-                                              config.default_threshold)
     report = {"cllr_bits": round(cal.cllr(target_llr, nontarget_llr), 5),
               "thresholds": _per_duration_threshold_report(calibration, llr, trials)}
     return calibration, llr, report

@@ -33,7 +33,7 @@ from nessa.linear import RidgeSolver, fit_cca
 from nessa.network import (ARCHITECTURES, KIND_OF, TRANSFORMS, build_module, cca_branch_params, cca_init,
                            ridge_init)
 from nessa.train import (AlignmentConfig, DevTrials, _split_scores, build_dev_trials, dev_evaluation,
-                         evaluate_on_dev, regression_pairs, split_speakers)
+                         evaluate_on_dev, split_speakers)
 from speechcore.embedder import l2_normalise
 
 #: bump when the parameterisation changes, so that old checkpoints are not resumed
@@ -420,20 +420,22 @@ def _fit_one(pairs: PairSet, config: NetworkConfig, seed: int, batch_seed: int, 
     return initial, model.export_params()
 
 
+def segment_pairs(files: Sequence[FileEmbeddings], speakers: set[str], pair_roles: str) -> tuple[np.ndarray, np.ndarray]:
+    """(runtime, enrollment) float64 embeddings of the ``PAIR_ROLES[pair_roles]`` segments of
+    ``speakers`` in ``files``, unnormalised (as ``nessa.train.regression_pairs`` gives them)."""
+    roles = PAIR_ROLES[pair_roles]
+    chosen = [(item, np.isin(item.plan.roles, roles)) for item in files if item.speaker in speakers]
+    return (np.concatenate([item.source[rows] for item, rows in chosen]).astype(np.float64),
+            np.concatenate([item.target[rows] for item, rows in chosen]).astype(np.float64))
+
+
 def add_cca_branch(params: dict, files: Sequence[FileEmbeddings], speakers: set[str], config: NetworkConfig,
                    n_components: int) -> dict:
-    """nn-twotower params plus the linear CCA branch, fitted as ``nessa.train`` fits its CCA
-    (chunk and whole-utterance pairs of ``speakers`` in ``files``)."""
+    """nn-twotower params plus the linear CCA branch, fitted on the ``config.cca_branch_pairs``
+    segments of ``speakers`` in ``files`` ("chunks": the pairs ``nessa.train`` fits its CCA on)."""
     if not config.cca_branch:
         return params
-    if config.cca_branch_pairs == "chunks":
-        x, y = regression_pairs(files, speakers, "chunk")
-    else:
-        roles = PAIR_ROLES[config.cca_branch_pairs]
-        rows = [(item.source[np.isin(item.plan.roles, roles)], item.target[np.isin(item.plan.roles, roles)])
-                for item in files if item.speaker in speakers]
-        x = np.concatenate([r[0] for r in rows]).astype(np.float64)
-        y = np.concatenate([r[1] for r in rows]).astype(np.float64)
+    x, y = segment_pairs(files, speakers, config.cca_branch_pairs)
     cca = fit_cca(x, y, n_components, config.cca_branch_shrinkage).params()
     return {**params, **{k: np.asarray(v, dtype=np.float32)
                          for k, v in cca_branch_params(cca, config.cca_branch).items()}}
@@ -500,14 +502,8 @@ def scoring_section(kind: str, params: dict, cohort: tuple[np.ndarray, np.ndarra
     is_target = trials.is_target
 
     def calibrate(rows: np.ndarray, feature_names: tuple[str, ...]) -> tuple[cal.LogisticCalibration, np.ndarray]:
-        mask = is_target[rows]
-        stacked = [features[name][rows] for name in feature_names]
-        table = np.stack([f.ravel() for f in stacked], axis=1)
-        calibration = cal.fit_logistic_calibration(table[mask.ravel()], table[~mask.ravel()], feature_names,
-                                                   prior=base.calibration_prior)
-        llr = calibration.llr(*stacked)
-        return calibration.with_thresholds(cal.operating_thresholds(llr[mask], llr[~mask]),
-                                           base.default_threshold), llr
+        return cal.fit_on_trials([features[name][rows] for name in feature_names], is_target[rows], feature_names,
+                                 prior=base.calibration_prior, default_threshold=base.default_threshold)
 
     everything = np.ones(len(trials.test_seconds), dtype=bool)
     fused, fused_llr = calibrate(everything, names)

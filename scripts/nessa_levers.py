@@ -40,7 +40,7 @@ from nessa.artifact import KINDS, top_k_stats, snorm_with_stats  # noqa: E402
 from nessa.data import ROLE_PROFILE, ROLE_TEST, default_audio_loader, embed_corpus, speech_only_loader  # noqa: E402
 from nessa.linear import fit_cca  # noqa: E402
 from nessa.train import AlignmentConfig, DevTrials, build_dev_trials, regression_pairs  # noqa: E402
-from nessa.train_network import (NetworkConfig, _fit_one, build_pairs, cohort_vectors,  # noqa: E402
+from nessa.train_network import (NetworkConfig, _fit_one, build_pairs, cohort_vectors, segment_pairs,  # noqa: E402
                                  prepare_corpora)
 from speechcore.embedder import l2_normalise  # noqa: E402
 
@@ -201,16 +201,6 @@ def evaluate(aligners: list[Aligner], folds: list[Fold]) -> dict:
     return out
 
 
-def branch_pairs_all(files, domains, fold) -> tuple[np.ndarray, np.ndarray]:
-    """train-clean-100 pairs of the fold's training speakers, every segment role."""
-    rows_x, rows_y = [], []
-    for item in files:
-        if domains[item.path] == TC and item.speaker in fold.fit:
-            rows_x.append(item.source)
-            rows_y.append(item.target)
-    return np.concatenate(rows_x).astype(np.float64), np.concatenate(rows_y).astype(np.float64)
-
-
 def cross_fusion(towers: list[Aligner], branches: list[Aligner], folds: list[Fold]) -> dict:
     """Pooled EER of LLR = a * tower cross_sn + b * cca cross_sn + c, weights fitted on the
     other folds' train-clean-100 trials (every condition)."""
@@ -238,6 +228,18 @@ def cross_fusion(towers: list[Aligner], branches: list[Aligner], folds: list[Fol
 
 
 # ----------------------------------------------------------------------------- the sweep
+def fold_runs(files, domains, folds: list[Fold], config: NetworkConfig) -> list[tuple[dict, dict]]:
+    """Per fold: (initial params, trained params averaged over ``config.soup`` batch orders),
+    trained on everything outside the fold."""
+    runs = []
+    for fold in folds:
+        pairs = build_pairs(files, domains, fold.fit, config)
+        soup = [_fit_one(pairs, config, 0, batch_seed, checkpoint_dir=None, progress=False, log=None, eval_fn=None)
+                for batch_seed in range(config.soup)]
+        runs.append((soup[0][0], {k: np.mean([run[1][k] for run in soup], axis=0) for k in soup[0][1]}))
+    return runs
+
+
 def wise(initial: dict, trained: dict, alpha: float) -> dict:
     return {k: initial[k] + np.float32(alpha) * (trained[k] - initial[k]) for k in trained}
 
@@ -264,6 +266,7 @@ def main() -> None:
     started = time.monotonic()
     files, domains = load_files(pathlib.Path(args.shared), pathlib.Path(args.cache_dir), pathlib.Path(args.concat_dir))
     folds = make_folds(files, domains)
+    tc_files = [f for f in files if domains[f.path] == TC]
     print(f"data + folds {time.monotonic() - started:.0f}s", flush=True)
     results = []
 
@@ -294,8 +297,7 @@ def main() -> None:
     if args.long:  # long pairs sampled more often (the failing test-other condition is long queries)
         for weight, seconds in ((4.0, 4.0), (8.0, 5.5)):
             config = NetworkConfig.from_any(dict(recipe, long_pair_weight=weight, long_seconds=seconds))
-            runs = [_fit_one(build_pairs(files, domains, f.fit, config), config, 0, 0, checkpoint_dir=None,
-                             progress=False, log=None, eval_fn=None) for f in folds]
+            runs = fold_runs(files, domains, folds, config)
             for alpha in (0.5, 0.75, 1.0):
                 params = [wise(init, trained, alpha) for init, trained in runs]
                 name = f"long pairs x{weight:g} (>= {seconds:g} s), a={alpha}"
@@ -307,14 +309,8 @@ def main() -> None:
         towers = {}
         for label, values, alpha in (("v2", dict(recipe, soup=3), 0.75), ("128", dict(recipe, shared_dim=128), 0.5),
                                      ("tc-init", dict(recipe, init_domain=TC, cca_shrinkage=0.6), 0.5)):
-            config = NetworkConfig.from_any(values)
-            towers[label] = []
-            for f in folds:
-                pairs = build_pairs(files, domains, f.fit, config)
-                soup = [_fit_one(pairs, config, 0, batch_seed, checkpoint_dir=None, progress=False, log=None,
-                                 eval_fn=None) for batch_seed in range(config.soup)]
-                towers[label].append(wise(soup[0][0], {k: np.mean([r[1][k] for r in soup], axis=0)
-                                                       for k in soup[0][1]}, alpha))
+            towers[label] = [wise(initial, trained, alpha) for initial, trained
+                             in fold_runs(files, domains, folds, NetworkConfig.from_any(values))]
         for other in ("128", "tc-init"):
             for weights in ((0.25, 0.25, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.35, 0.15, 0.5)):
                 report(f"v2 tower {weights[0]:.2f} + {other} tower {weights[1]:.2f} + cca {weights[2]:.2f}",
@@ -323,13 +319,8 @@ def main() -> None:
                         for a, b, c in zip(towers["v2"], towers[other], cca[0.6])])
         return
     if args.branch_grid:  # the shipped tower (v2: soup of 3, a = 0.75) with CCA branches of several kinds
-        config = NetworkConfig.from_any(dict(recipe, soup=3))
-        runs = []
-        for f in folds:
-            pairs = build_pairs(files, domains, f.fit, config)
-            soup = [_fit_one(pairs, config, 0, batch_seed, checkpoint_dir=None, progress=False, log=None,
-                             eval_fn=None) for batch_seed in range(config.soup)]
-            runs.append(wise(soup[0][0], {k: np.mean([r[1][k] for r in soup], axis=0) for k in soup[0][1]}, 0.75))
+        runs = [wise(initial, trained, 0.75) for initial, trained
+                in fold_runs(files, domains, folds, NetworkConfig.from_any(dict(recipe, soup=3)))]
         # the alignment-only score as a calibrated fusion of the tower's and the CCA branch's
         # S-normed cosines (weights by logistic regression on the other folds), vs the fixed mix
         row = {"setting": "v2 tower & cca tc s=0.6, cross scores fused by logistic regression",
@@ -348,7 +339,7 @@ def main() -> None:
             return
         if args.branch_pairs:  # the branch fitted on every segment role (tiles too), several shrinkages
             for shrinkage in (0.4, 0.5, 0.6, 0.7):
-                branches = [fit_cca(*branch_pairs_all(files, domains, f), 96, shrinkage).params() for f in folds]
+                branches = [fit_cca(*segment_pairs(tc_files, f.fit, "all"), 96, shrinkage).params() for f in folds]
                 report(f"v2 tower + 0.5 x cca tc all roles s={shrinkage}",
                        [Aligner([("nn-twotower", p, 0.5), ("cca", c, 0.5)]) for p, c in zip(runs, branches)])
             return
@@ -364,12 +355,7 @@ def main() -> None:
             continue
         config = NetworkConfig.from_any(values)
         t0 = time.monotonic()
-        runs = []
-        for f in folds:
-            pairs = build_pairs(files, domains, f.fit, config)
-            soup = [_fit_one(pairs, config, 0, batch_seed, checkpoint_dir=None, progress=False, log=None,
-                             eval_fn=None) for batch_seed in range(config.soup)]
-            runs.append((soup[0][0], {k: np.mean([r[1][k] for r in soup], axis=0) for k in soup[0][1]}))
+        runs = fold_runs(files, domains, folds, config)
         took = round(time.monotonic() - t0, 1)
         for alpha in (0.0, 0.25, 0.5, 0.75, 1.0):
             params = [wise(init, trained, alpha) for init, trained in runs]
