@@ -3,6 +3,7 @@ tests/test_db.py checks that the two agree on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid as uuid_module
 from typing import Any
 
 import sqlalchemy as sa
@@ -72,8 +73,14 @@ class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 
+#: SQLite hands out the highest rowid again after a delete unless the table says
+#: AUTOINCREMENT; a public id must never name another person later (migration 0003)
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class Speaker(Base):
     __tablename__ = "speakers"
+    __table_args__ = (NEVER_REUSE_IDS,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200))
@@ -93,9 +100,13 @@ class Enrollment(Base):
     __tablename__ = "enrollments"
     __table_args__ = (
         sa.CheckConstraint(_one_of("status", ENROLLMENT_STATUSES), name="status"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    #: stable key of this enrollment, carried in its job's payload: a job writes results
+    #: only for the exact enrollment (uuid and audio checksum) it was created for
+    uuid: Mapped[str] = mapped_column(sa.String(32), unique=True, default=lambda: uuid_module.uuid4().hex)
     speaker_id: Mapped[int] = mapped_column(
         sa.ForeignKey("speakers.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(sa.String(16), default="queued")
@@ -123,6 +134,7 @@ class ModelVersion(Base):
         # target of the (space, dim) foreign keys of embeddings and profiles: a vector can
         # only be stored in a space with the dimension of the model that defines it
         sa.Index("uq_model_versions_name_dim", "name", "dim", unique=True),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -151,6 +163,7 @@ class Embedding(Base):
         sa.ForeignKeyConstraint(["space", "dim"], ["model_versions.name", "model_versions.dim"],
                                 name="fk_embeddings_space_dim_model_versions"),
         sa.CheckConstraint("model_version = space OR via_alignment IS NOT NULL", name="bridged_has_alignment"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -180,6 +193,7 @@ class Profile(Base):
         sa.Index(None, "space"),
         sa.ForeignKeyConstraint(["space", "dim"], ["model_versions.name", "model_versions.dim"],
                                 name="fk_profiles_space_dim_model_versions"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -202,6 +216,7 @@ class AlignmentArtifact(Base):
     __tablename__ = "alignment_artifacts"
     __table_args__ = (
         sa.CheckConstraint(_one_of("state", ARTIFACT_STATES), name="state"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -229,6 +244,7 @@ class Deployment(Base):
     __tablename__ = "deployments"
     __table_args__ = (
         sa.CheckConstraint(_one_of("action", DEPLOYMENT_ACTIONS), name="action"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -246,6 +262,7 @@ class PathEvaluation(Base):
     """A candidate runtime path measured against the path in force, same trials, same run."""
 
     __tablename__ = "path_evaluations"
+    __table_args__ = (NEVER_REUSE_IDS,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     alignment: Mapped[str] = mapped_column(sa.String(200), sa.ForeignKey("alignment_artifacts.name"), index=True)
@@ -263,7 +280,7 @@ class RegistryEvent(Base):
     """Audit log of the model registry: who changed what, when."""
 
     __tablename__ = "registry_events"
-    __table_args__ = (sa.Index(None, "subject"),)
+    __table_args__ = (sa.Index(None, "subject"), NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     actor: Mapped[str] = mapped_column(sa.String(200))
@@ -278,6 +295,7 @@ class RegistryEvent(Base):
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
+    __table_args__ = (NEVER_REUSE_IDS,)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(200))
@@ -290,6 +308,8 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: None: the key does not expire
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class Job(Base):
@@ -298,12 +318,17 @@ class Job(Base):
         sa.CheckConstraint(_one_of("status", JOB_STATUSES), name="status"),
         # the claim query: runnable queued jobs in run_after order
         sa.Index(None, "status", "run_after"),
+        # pruning finished jobs after the retention period
+        sa.Index(None, "finished_at"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(sa.String(64))
     #: a job that fans out into children (e.g. a re-embedding campaign) is their parent
     parent_id: Mapped[int | None] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    #: the API key that created the job: its result is readable by that key or an admin key
+    created_by_key_id: Mapped[int | None] = mapped_column(sa.ForeignKey("api_keys.id", ondelete="SET NULL"))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONValue)
     status: Mapped[str] = mapped_column(sa.String(16), default="queued")
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
@@ -332,6 +357,7 @@ class GalleryChange(Base):
     __table_args__ = (
         sa.CheckConstraint(_one_of("op", GALLERY_OPS), name="op"),
         sa.Index(None, "space", "id"),
+        NEVER_REUSE_IDS,
     )
 
     # SQLite only autoincrements an INTEGER PRIMARY KEY

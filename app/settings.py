@@ -29,6 +29,11 @@ class Settings:
     faiss_use_gpu: bool = True
     max_upload_bytes: int = 50 * 1024 * 1024
     max_audio_seconds: float = 600.0
+    #: uploads are rejected from their header, before decoding, outside these bounds: a
+    #: declared rate or channel count decides how much work and memory decoding costs
+    min_sample_rate: int = 4000
+    max_sample_rate: int = 192000
+    max_channels: int = 8
     min_enroll_speech_seconds: float = 3.0
     min_runtime_speech_seconds: float = 0.5
     retain_enrollment_audio: bool = True
@@ -44,6 +49,15 @@ class Settings:
     torch_threads: int = 1
     host: str = "127.0.0.1"
     port: int = 8000
+    #: HTTP server: request threads, open connections, and seconds a connection may stay
+    #: silent (a client that stops sending its body is dropped after this)
+    web_threads: int = 8
+    http_connection_limit: int = 1000
+    http_channel_timeout_seconds: float = 20.0
+    #: finished jobs (and their results) and old gallery change-log rows are deleted after
+    #: these many days; 0 keeps them forever
+    job_retention_days: float = 7.0
+    gallery_change_retention_days: float = 1.0
     log_level: str = "INFO"
 
     @property
