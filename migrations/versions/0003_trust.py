@@ -39,15 +39,6 @@ def _sqlite() -> bool:
 
 
 def upgrade() -> None:
-    if _sqlite():
-        for table in TABLES_WITH_IDS:
-            with op.batch_alter_table(table, recreate="always", table_kwargs={"sqlite_autoincrement": True}):
-                pass
-            # continue after the highest id ever handed out that is still visible
-            op.execute(f"INSERT INTO sqlite_sequence (name, seq) "
-                       f"SELECT '{table}', COALESCE(MAX(id), 0) FROM {table} "
-                       f"WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = '{table}')")
-
     with op.batch_alter_table("enrollments") as batch:
         batch.add_column(sa.Column("uuid", sa.String(32), nullable=True))
     connection = op.get_bind()
@@ -68,8 +59,19 @@ def upgrade() -> None:
     with op.batch_alter_table("api_keys") as batch:
         batch.add_column(sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
 
+    if _sqlite():
+        # last, so no later batch rebuild drops the table option again; copying the rows
+        # sets each table's sequence to its highest id
+        for table in TABLES_WITH_IDS:
+            with op.batch_alter_table(table, recreate="always", table_kwargs={"sqlite_autoincrement": True}):
+                pass
+
 
 def downgrade() -> None:
+    if _sqlite():
+        for table in TABLES_WITH_IDS:
+            with op.batch_alter_table(table, recreate="always", table_kwargs={"sqlite_autoincrement": False}):
+                pass
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("expires_at")
     op.drop_index(op.f("ix_jobs_finished_at"), table_name="jobs")
@@ -79,7 +81,3 @@ def downgrade() -> None:
     with op.batch_alter_table("enrollments") as batch:
         batch.drop_constraint(op.f("uq_enrollments_uuid"), type_="unique")
         batch.drop_column("uuid")
-    if _sqlite():
-        for table in TABLES_WITH_IDS:
-            with op.batch_alter_table(table, recreate="always", table_kwargs={"sqlite_autoincrement": False}):
-                pass
