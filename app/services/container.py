@@ -34,11 +34,11 @@ class Services:
                                use_gpu=settings.faiss_use_gpu)
         self.paths = registry.ActivePath(self.session_factory)
         with self.session() as session:
-            registry.register_discovered(session, [settings.bundled_artifacts_dir, settings.artifacts_dir])
             # settings choose the models only for a database that has no path in force yet;
             # after that the database decides (`nessa models activate` / rollback)
-            registry.bootstrap(session, enroll_model=settings.enroll_model, runtime_model=settings.runtime_model,
-                               default_alignment=settings.default_alignment)
+            registry.prepare_registry(session, artifact_roots=[settings.bundled_artifacts_dir, settings.artifacts_dir],
+                                      enroll_model=settings.enroll_model, runtime_model=settings.runtime_model,
+                                      default_alignment=settings.default_alignment)
             session.commit()
         self.gallery.rebuild()
 

@@ -16,6 +16,7 @@ import threading
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from app import models
 from app.errors import ApiError
@@ -39,6 +40,32 @@ def record_event(session, actor: str, action: str, subject_kind: str, subject: s
                                      details=details or None))
 
 
+_DIALECT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+#: pg_advisory_xact_lock key of the registry lock (any constant unique to this service)
+REGISTRY_LOCK_KEY = 0x4E455353  # "NESS"
+
+
+def _insert_if_absent(session, table, **values) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING: True when this call inserted the row. Processes
+    registering the same name at once then all succeed instead of one failing on the
+    unique constraint (and leaving its transaction unusable)."""
+    insert = _DIALECT_INSERTS[session.get_bind().dialect.name]
+    # RETURNING, not rowcount: drivers report -1 for an INSERT that returns the new id
+    statement = insert(table).values(**values).on_conflict_do_nothing().returning(table.id)
+    return session.execute(statement).first() is not None
+
+
+def lock_registry(session) -> None:
+    """Make registry writers take turns until this transaction ends, so that processes
+    starting together on a fresh database bootstrap exactly one deployment."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(REGISTRY_LOCK_KEY)))
+    else:
+        # SQLite has no advisory locks, but any write statement takes its single write
+        # lock for the rest of the transaction: one that changes nothing serves as one
+        session.execute(sa.text("UPDATE deployments SET id = id WHERE 0"))
+
+
 # -- model versions ------------------------------------------------------------------
 def ensure_model(session, version: str, *, actor: str = SYSTEM_ACTOR, state: str = "registered") -> models.ModelVersion:
     """The row of an installed model version, recorded (and audited) the first time."""
@@ -53,14 +80,14 @@ def ensure_model(session, version: str, *, actor: str = SYSTEM_ACTOR, state: str
     except Exception as exc:  # weights missing from the installed package
         raise ApiError(409, "model_weights_missing", f"model {version!r} is known but its weights are not installed: "
                        f"{exc}", {"name": version}) from exc
-    row = models.ModelVersion(name=version, role=spec.role, dim=spec.dim, weights_sha256=identity.weights_sha256,
-                              state=state, details={"entry_point": spec.entry_point, "weights": "/".join(spec.weights),
-                                                    "licence": spec.licence})
-    session.add(row)
-    session.flush()
-    record_event(session, actor, "register", "model", version, role=spec.role, dim=spec.dim,
-                 weights_sha256=identity.weights_sha256)
-    return row
+    inserted = _insert_if_absent(
+        session, models.ModelVersion, name=version, role=spec.role, dim=spec.dim,
+        weights_sha256=identity.weights_sha256, state=state,
+        details={"entry_point": spec.entry_point, "weights": "/".join(spec.weights), "licence": spec.licence})
+    if inserted:
+        record_event(session, actor, "register", "model", version, role=spec.role, dim=spec.dim,
+                     weights_sha256=identity.weights_sha256)
+    return session.scalar(sa.select(models.ModelVersion).filter_by(name=version))
 
 
 def register_model(session, version: str, *, actor: str) -> models.ModelVersion:
@@ -125,24 +152,20 @@ def register_artifact(session, directory: pathlib.Path, *, actor: str = SYSTEM_A
     if not (directory / "artifact.json").is_file():
         raise ApiError(404, "artifact_not_found", f"No alignment artifact at {directory}.", {"path": str(directory)})
     artifact = load_checked(directory)
+    if _insert_if_absent(
+            session, models.AlignmentArtifact, name=artifact.name, source_version=artifact.source_version,
+            target_version=artifact.target_version, path=str(directory), sha256=artifact.sha256,
+            state="registered", threshold=float(artifact.candidate_threshold(fused=True)),
+            metrics=artifact.metrics, config=artifact.config):
+        record_event(session, actor, "register", "alignment", artifact.name, source=artifact.source_version,
+                     target=artifact.target_version, sha256=artifact.sha256, path=str(directory))
     row = session.scalar(sa.select(models.AlignmentArtifact).filter_by(name=artifact.name))
-    if row is not None:
-        if row.sha256 != artifact.sha256:
-            raise ApiError(409, "artifact_conflict",
-                           f"An alignment named {artifact.name!r} with different contents is already registered.",
-                           {"registered_sha256": row.sha256, "new_sha256": artifact.sha256})
-        if row.path != str(directory):
-            row.path = str(directory)
-        return row
-    row = models.AlignmentArtifact(
-        name=artifact.name, source_version=artifact.source_version,
-        target_version=artifact.target_version, path=str(directory), sha256=artifact.sha256,
-        state="registered", threshold=float(artifact.candidate_threshold(fused=True)),
-        metrics=artifact.metrics, config=artifact.config)
-    session.add(row)
-    session.flush()
-    record_event(session, actor, "register", "alignment", artifact.name, source=artifact.source_version,
-                 target=artifact.target_version, sha256=artifact.sha256, path=str(directory))
+    if row.sha256 != artifact.sha256:
+        raise ApiError(409, "artifact_conflict",
+                       f"An alignment named {artifact.name!r} with different contents is already registered.",
+                       {"registered_sha256": row.sha256, "new_sha256": artifact.sha256})
+    if row.path != str(directory):
+        row.path = str(directory)
     return row
 
 
@@ -189,8 +212,20 @@ def register_discovered(session, roots) -> None:
     for directory in discover_artifact_dirs(*roots):
         try:
             register_artifact(session, directory)
+        except sa.exc.SQLAlchemyError:
+            raise  # the transaction is unusable now: going on would only fail later, obscurely
         except Exception as exc:  # a broken or foreign artifact must not stop the service
             log.warning("skipping alignment artifact %s: %s", directory, exc)
+
+
+def prepare_registry(session, *, artifact_roots, enroll_model: str, runtime_model: str,
+                     default_alignment: str | None) -> None:
+    """What every process does at start: register the artifacts found on disk and, on a
+    database with no path in force, put one in force (`bootstrap`). Processes starting
+    together take turns under the registry lock, held until the caller commits."""
+    lock_registry(session)
+    register_discovered(session, artifact_roots)
+    bootstrap(session, enroll_model=enroll_model, runtime_model=runtime_model, default_alignment=default_alignment)
 
 
 # -- deployments (the runtime path in force) --------------------------------------------
@@ -317,7 +352,9 @@ def rollback(session, *, actor: str) -> models.Deployment:
 
 def bootstrap(session, *, enroll_model: str, runtime_model: str, default_alignment: str | None) -> None:
     """A database with no path in force gets one from the settings: the default alignment
-    for the configured models (or one already marked active, or the newest)."""
+    for the configured models (or one already marked active, or the newest). Call it under
+    `lock_registry` (as `prepare_registry` does): two processes bootstrapping at once would
+    otherwise both find no deployment and each insert one."""
     if current_deployment(session) is not None:
         return
     for version in (enroll_model, runtime_model):
