@@ -5,6 +5,7 @@ The schema exists only through Alembic migrations (``migrations/``); nothing her
 """
 from __future__ import annotations
 
+import logging
 import pathlib
 
 import numpy as np
@@ -13,6 +14,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
+log = logging.getLogger(__name__)
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = REPO_ROOT / "migrations"
 
@@ -65,6 +67,9 @@ def _configure_sqlite_connection(dbapi_connection, _connection_record) -> None:
         # NORMAL is durable against application crashes in WAL mode (only an OS crash
         # can lose the last transactions) and avoids an fsync per commit
         cursor.execute("PRAGMA synchronous = NORMAL")
+        # deleted rows are overwritten with zeros, not just unlinked: an erased voice
+        # profile must not stay readable in free pages (see scrub_deleted_rows)
+        cursor.execute("PRAGMA secure_delete = ON")
     finally:
         cursor.close()
 
@@ -73,6 +78,36 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: objects stay readable after commit (e.g. returned from a
     # service function whose session has closed) without a lazy reload
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def scrub_deleted_rows(engine: Engine, tables: tuple[str, ...]) -> None:
+    """After deleting personal data from ``tables``, make it unrecoverable from the
+    database's own files, as far as the database allows (docs/erasure.md).
+
+    SQLite (secure_delete zeroes deleted rows, but the WAL still holds the pages as they
+    were written): a TRUNCATE checkpoint copies the zeroed pages into the database file
+    and empties the WAL. It waits (busy timeout) for readers of older snapshots; if one
+    outlasts that, the next maintenance pass tries again. PostgreSQL: a plain VACUUM
+    removes the dead tuples from the heap pages (not from WAL segments or backups).
+    A failure is logged, not raised: the delete itself has committed.
+    """
+    try:
+        if engine.dialect.name == "sqlite":
+            _checkpoint_truncate(engine)
+        elif engine.dialect.name == "postgresql":
+            # VACUUM cannot run inside a transaction block
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                connection.execute(sa.text(f"VACUUM {', '.join(tables)}"))
+    except sa.exc.DBAPIError:
+        log.warning("could not scrub deleted rows of %s", ", ".join(tables), exc_info=True)
+
+
+def _checkpoint_truncate(engine: Engine) -> None:
+    with engine.connect() as connection:
+        busy, _, _ = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+    if busy:
+        log.warning("WAL checkpoint incomplete (a reader held an old snapshot): deleted rows stay in the "
+                    "WAL file until the next maintenance pass")
 
 
 # --- migrations -------------------------------------------------------------------------

@@ -457,10 +457,14 @@ class Worker:
                 context._lease_lost.set()
                 return
 
+    def between_jobs(self) -> None:
+        """Housekeeping that `run_forever` does before each claim (a subclass's); must not raise."""
+
     def run_forever(self, stop_event: threading.Event) -> None:
         """Run jobs until ``stop_event`` is set; the current job is finished first."""
         log.info("worker %s started (kinds: %s)", self.worker_id, ", ".join(sorted(self.handlers)))
         while not stop_event.is_set():
+            self.between_jobs()
             try:
                 ran = self.run_once()
             except Exception:

@@ -68,7 +68,13 @@ class Settings:
 
     @property
     def audio_dir(self) -> pathlib.Path:
+        """Every voice recording the service keeps lives here (erasure and the orphan
+        sweep rely on it): audio/<speaker id>/ for enrollments, audio/diarize/ for jobs."""
         return self.data_dir / "audio"
+
+    @property
+    def diarize_audio_dir(self) -> pathlib.Path:
+        return self.audio_dir / "diarize"
 
     @property
     def artifacts_dir(self) -> pathlib.Path:

@@ -56,7 +56,7 @@ def test_long_recordings_become_a_job(tmp_path, database_url, sample_bytes):
         job = harness.client.get(f"/v1/jobs/{job_id}", headers=harness.headers("identify")).get_json()
         assert job["status"] == "succeeded"
         assert job["result"]["num_speakers"] == 2 and job["result"]["segments"]
-        assert not list((harness.settings.data_dir / "diarize").glob("*.flac"))  # temp audio removed
+        assert not list(harness.settings.diarize_audio_dir.glob("*.flac"))  # temp audio removed
         # an enroll-only key may not read a diarization job
         assert harness.client.get(f"/v1/jobs/{job_id}", headers=harness.headers("enroll")).status_code == 403
     finally:

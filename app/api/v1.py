@@ -162,6 +162,7 @@ def delete_speaker(speaker_id: int):
         files = speaker_service.delete_speaker(session, speaker_id)
         session.commit()
     speaker_service.remove_files(files)
+    speaker_service.scrub_deleted_speakers(services.engine)
     services.gallery.sync()
     return "", 204
 

@@ -116,7 +116,7 @@ def submit_or_run(services, data: bytes, **options) -> tuple[int, dict]:
         raise bad_request("invalid_speaker_hints", str(exc)) from exc
     if decoded.duration_s <= services.settings.diarize_inline_max_seconds:
         return 200, diarize_wav(services, decoded.wav, **options)
-    folder = services.settings.data_dir / "diarize"
+    folder = services.settings.diarize_audio_dir
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{uuid.uuid4().hex}.flac"
     sf.write(path, decoded.wav, SAMPLE_RATE, format="FLAC", subtype="PCM_16")

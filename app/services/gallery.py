@@ -56,6 +56,10 @@ class Gallery:
     def sync(self) -> None:
         """Apply changes committed since the last sync (any process, any host)."""
         with self._lock, self._session_factory() as session:
+            if self._missed_pruned_changes(session):
+                # the rows are gone, and with them what they changed: start again from the profiles
+                self.rebuild()
+                return
             low = max(0, self._last_change_id - CHANGE_LOG_OVERLAP)
             changes = session.execute(
                 sa.select(models.GalleryChange.id, models.GalleryChange.space,
@@ -86,6 +90,15 @@ class Gallery:
             self._applied_recent.update(c.id for c in fresh)
             floor = self._last_change_id - CHANGE_LOG_OVERLAP
             self._applied_recent = {i for i in self._applied_recent if i > floor}
+
+    def _missed_pruned_changes(self, session) -> bool:
+        """Were change-log rows this process has not applied pruned (it went without a sync
+        for longer than the retention period)? Pruning removes a prefix of the ids, so that
+        is when the oldest remaining row lies beyond the next id expected here. An id that
+        never held a committed row (a rolled-back insert) can look the same: one needless
+        rebuild, never a missed change."""
+        oldest = session.scalar(sa.select(sa.func.min(models.GalleryChange.id)))
+        return oldest is not None and oldest > self._last_change_id + 1
 
     def _index_for(self, space: str, dim: int) -> VectorIndex:
         index = self._indexes.get(space)

@@ -5,8 +5,11 @@ import pathlib
 
 import sqlalchemy as sa
 
-from app import models
+from app import db, models
 from app.errors import ApiError, not_found
+
+#: the tables that hold a speaker's personal data (vectors, name, audio references)
+SPEAKER_TABLES = ("embeddings", "profiles", "enrollments", "speakers")
 
 
 def speaker_to_dict(session, speaker: models.Speaker) -> dict:
@@ -65,6 +68,12 @@ def delete_speaker(session, speaker_id: int) -> list[pathlib.Path]:
     for space in sorted(spaces):
         session.add(models.GalleryChange(space=space, speaker_id=speaker_id, op="delete"))
     return files
+
+
+def scrub_deleted_speakers(engine) -> None:
+    """After a committed delete: leave no copy of the rows in the database's files
+    (db.scrub_deleted_rows; docs/erasure.md)."""
+    db.scrub_deleted_rows(engine, SPEAKER_TABLES)
 
 
 def remove_files(paths: list[pathlib.Path]) -> None:
