@@ -80,6 +80,20 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def select_for_update(session: Session, statement: sa.Select) -> sa.Result:
+    """Run a SELECT whose answer must still hold when this transaction writes and commits.
+
+    PostgreSQL locks the rows it returns (FOR UPDATE) until the transaction ends, so a
+    concurrent delete or update of them waits. SQLite has no row locks: the database's
+    single write lock is taken first (a write statement that changes nothing), so no
+    other writer can commit between this read and this transaction's commit.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        table = statement.get_final_froms()[0]
+        session.execute(sa.text(f"UPDATE {table.name} SET id = id WHERE 0"))
+    return session.execute(statement.with_for_update())
+
+
 def scrub_deleted_rows(engine: Engine, tables: tuple[str, ...]) -> None:
     """After deleting personal data from ``tables``, make it unrecoverable from the
     database's own files, as far as the database allows (docs/erasure.md).

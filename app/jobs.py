@@ -76,12 +76,15 @@ class ClaimedJob:
 
 
 def enqueue(session: Session, kind: str, payload: dict, *, max_attempts: int = 3,
-            parent_id: int | None = None) -> Job:
-    """Add a job to ``session``; it becomes visible to workers when the caller commits."""
+            parent_id: int | None = None, created_by_key_id: int | None = None) -> Job:
+    """Add a job to ``session``; it becomes visible to workers when the caller commits.
+    ``created_by_key_id``: the API key that asked for it (None: the CLI or a worker), the
+    only non-admin key that may read it."""
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     job = Job(kind=kind, payload=dict(payload), status="queued", attempts=0,
-              max_attempts=max_attempts, run_after=_now(session), parent_id=parent_id)
+              max_attempts=max_attempts, run_after=_now(session), parent_id=parent_id,
+              created_by_key_id=created_by_key_id)
     session.add(job)
     return job
 

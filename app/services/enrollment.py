@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from app import jobs, models
 from app.services import registry
-from app.db import FloatVector
+from app.db import FloatVector, select_for_update
 from app.services.audio_input import SAMPLE_RATE, prepare_audio
 from app.services.speakers import get_speaker
 from speechcore.embedder import l2_normalise
@@ -30,8 +30,9 @@ def _now():
     return dt.datetime.now(dt.timezone.utc)
 
 
-def submit_enrollment(services, speaker_id: int, data: bytes):
-    """Validate the audio now (clear 4xx errors), store it, queue the heavy embedding."""
+def submit_enrollment(services, speaker_id: int, data: bytes, *, created_by_key_id: int | None = None):
+    """Validate the audio now (clear 4xx errors), store it, queue the heavy embedding.
+    ``created_by_key_id``: the API key asking, the one (with admin keys) that may read the job."""
     settings = services.settings
     with services.session() as session:
         get_speaker(session, speaker_id)  # 404 before any work
@@ -52,13 +53,38 @@ def submit_enrollment(services, speaker_id: int, data: bytes):
                 source_format=prepared.source_format)
             session.add(enrollment)
             session.flush()
-            job = jobs.enqueue(session, ENROLL_JOB, {"enrollment_id": enrollment.id},
-                               max_attempts=settings.job_max_attempts)
+            job = jobs.enqueue(session, ENROLL_JOB, job_subject(enrollment), max_attempts=settings.job_max_attempts,
+                               created_by_key_id=created_by_key_id)
             session.commit()
             return enrollment, job
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def job_subject(enrollment: models.Enrollment) -> dict:
+    """How a job names its enrollment. The id finds the row; the uuid and the audio
+    checksum make sure it is still the same enrollment (ids are never reused since
+    migration 0003, but a job must never write one person's voice onto another's row)."""
+    return {"enrollment_id": enrollment.id, "enrollment_uuid": enrollment.uuid,
+            "audio_sha256": enrollment.audio_sha256}
+
+
+def is_job_subject(enrollment: models.Enrollment | None, subject: dict) -> bool:
+    """Is this row the enrollment `subject` (see job_subject) names? Jobs queued before
+    migration 0003 carry only the id, which then has to do."""
+    return (enrollment is not None
+            and subject.get("enrollment_uuid", enrollment.uuid) == enrollment.uuid
+            and subject.get("audio_sha256", enrollment.audio_sha256) == enrollment.audio_sha256)
+
+
+def find_job_subject(session, subject: dict, *, lock: bool = False) -> models.Enrollment | None:
+    """The enrollment a job was created for, or None when it is gone or replaced. With
+    ``lock`` it stays so until the transaction ends (a concurrent delete waits)."""
+    statement = sa.select(models.Enrollment).where(models.Enrollment.id == subject["enrollment_id"])
+    result = select_for_update(session, statement) if lock else session.execute(statement)
+    enrollment = result.scalar_one_or_none()
+    return enrollment if is_job_subject(enrollment, subject) else None
 
 
 def process_enrollment(services, ctx) -> dict:
@@ -67,11 +93,12 @@ def process_enrollment(services, ctx) -> dict:
     an upgrade in preparation), store the vectors and refresh the speaker's profiles."""
     enrollment_id = ctx.payload["enrollment_id"]
     with services.session() as session:
-        enrollment = session.get(models.Enrollment, enrollment_id)
-        if enrollment is None:  # the speaker was deleted after the job was queued
+        enrollment = find_job_subject(session, ctx.payload, lock=True)
+        if enrollment is None:  # deleted with its speaker after the job was queued
             return {"skipped": "enrollment no longer exists"}
         if enrollment.status == "done":
             return {"skipped": "already done"}
+        subject = job_subject(enrollment)  # the audio embedded below: checked again before storing
         audio_path = enrollment.audio_path
         enrollment.status = "processing"
         session.commit()
@@ -88,7 +115,9 @@ def process_enrollment(services, ctx) -> dict:
         vectors[version] = services.embedder(version).embed([speech])[0]
         ctx.set_progress(0.1 + 0.8 * (i + 1) / len(versions))
     with services.session() as session:
-        enrollment = session.get(models.Enrollment, enrollment_id)
+        # checked again, and held until commit: the speaker may have been deleted while
+        # we embedded, and these vectors belong to this enrollment and no other
+        enrollment = find_job_subject(session, subject, lock=True)
         if enrollment is None:
             return {"skipped": "enrollment deleted while embedding"}
         # a model retired while we embedded gets no new vectors

@@ -21,11 +21,11 @@ import soundfile as sf
 import sqlalchemy as sa
 
 from app import jobs, models
-from app.db import FloatVector
+from app.db import FloatVector, select_for_update
 from app.errors import ApiError
 from app.services import registry
 from app.services.audio_input import SAMPLE_RATE
-from app.services.enrollment import refresh_profile
+from app.services.enrollment import is_job_subject, job_subject, refresh_profile
 
 REEMBED_JOB = "reembed"
 REEMBED_BATCH_JOB = "reembed-batch"
@@ -34,7 +34,8 @@ BATCH_SIZE = 16
 PARENT_POLL_SECONDS = 0.5
 
 
-def start_reembed(services, version: str, *, bridge: str | None = None, actor: str) -> models.Job:
+def start_reembed(services, version: str, *, bridge: str | None = None, actor: str,
+                  created_by_key_id: int | None = None) -> models.Job:
     with services.session() as session:
         model = registry.ensure_model(session, version, actor=actor)
         if model.state == "retired":
@@ -50,7 +51,7 @@ def start_reembed(services, version: str, *, bridge: str | None = None, actor: s
                 raise ApiError(400, "invalid_bridge", f"bridge {bridge!r} does not map another space into "
                                f"{version!r} itself (a shared-space alignment cannot bridge)", {"bridge": bridge})
         job = jobs.enqueue(session, REEMBED_JOB, {"model_version": version, "bridge": bridge},
-                           max_attempts=services.settings.job_max_attempts)
+                           max_attempts=services.settings.job_max_attempts, created_by_key_id=created_by_key_id)
         session.flush()
         registry.record_event(session, actor, "reembed", "model", version, job=job.id, bridge=bridge)
         session.commit()
@@ -58,10 +59,19 @@ def start_reembed(services, version: str, *, bridge: str | None = None, actor: s
         return job
 
 
-def _pending_enrollments(session, version: str) -> list[int]:
+def _pending_enrollments(session, version: str) -> list[dict]:
+    """Completed enrollments without a vector in `version`'s space, as job subjects."""
     have = sa.select(models.Embedding.enrollment_id).where(models.Embedding.space == version)
-    return list(session.scalars(sa.select(models.Enrollment.id).where(
-        models.Enrollment.status == "done", models.Enrollment.id.not_in(have)).order_by(models.Enrollment.id)))
+    return [job_subject(e) for e in session.scalars(sa.select(models.Enrollment).where(
+        models.Enrollment.status == "done", models.Enrollment.id.not_in(have)).order_by(models.Enrollment.id))]
+
+
+def _batch_subjects(payload: dict) -> dict[int, dict]:
+    """The enrollments a batch job was created for, by id; batches queued before
+    migration 0003 name only ids."""
+    if "enrollments" in payload:
+        return {int(s["enrollment_id"]): s for s in payload["enrollments"]}
+    return {int(i): {"enrollment_id": int(i)} for i in payload["enrollment_ids"]}
 
 
 def process_reembed(services, ctx) -> dict:
@@ -74,7 +84,7 @@ def process_reembed(services, ctx) -> dict:
             for start in range(0, len(pending), BATCH_SIZE):
                 jobs.enqueue(session, REEMBED_BATCH_JOB,
                              {"model_version": version, "bridge": bridge,
-                              "enrollment_ids": pending[start:start + BATCH_SIZE]},
+                              "enrollments": pending[start:start + BATCH_SIZE]},
                              max_attempts=services.settings.job_max_attempts, parent_id=ctx.job_id)
             session.commit()
             counts = jobs.children_summary(session, ctx.job_id)
@@ -100,7 +110,8 @@ def process_reembed(services, ctx) -> dict:
 
 def process_reembed_batch(services, ctx) -> dict:
     version, bridge = ctx.payload["model_version"], ctx.payload.get("bridge")
-    ids = [int(i) for i in ctx.payload["enrollment_ids"]]
+    subjects = _batch_subjects(ctx.payload)
+    ids = list(subjects)
     with services.session() as session:
         model = session.scalar(sa.select(models.ModelVersion).filter_by(name=version))
         if model is None or model.state == "retired":
@@ -111,9 +122,9 @@ def process_reembed_batch(services, ctx) -> dict:
             bridge_artifact = services.paths.artifact(row.name, row.path, row.sha256)
         done = set(session.scalars(sa.select(models.Embedding.enrollment_id).where(
             models.Embedding.space == version, models.Embedding.enrollment_id.in_(ids))))
-        rows = session.execute(sa.select(models.Enrollment.id, models.Enrollment.speaker_id,
-                                         models.Enrollment.audio_path, models.Enrollment.status)
-                               .where(models.Enrollment.id.in_(ids))).all()
+        rows = [e for e in session.scalars(sa.select(models.Enrollment).where(models.Enrollment.id.in_(ids)))
+                if is_job_subject(e, subjects[e.id])]
+        subjects = {r.id: job_subject(r) for r in rows}  # what is embedded below: checked again before storing
         old = {}
         if bridge_artifact is not None:
             old = {r.enrollment_id: FloatVector.from_bytes(r.vector, r.dim) for r in session.execute(
@@ -143,8 +154,11 @@ def process_reembed_batch(services, ctx) -> dict:
         ctx.set_progress((i + 1) / max(1, len(todo)))
     with services.session() as session:
         speakers = set()
-        present = set(session.scalars(sa.select(models.Enrollment.id).where(
-            models.Enrollment.id.in_(list(new_vectors)), models.Enrollment.status == "done")))
+        # checked again, and held until commit: an enrollment deleted (or replaced) while
+        # we embedded gets no vector, and a concurrent delete waits for this transaction
+        present = {e.id for e in select_for_update(session, sa.select(models.Enrollment).where(
+            models.Enrollment.id.in_(list(new_vectors)), models.Enrollment.status == "done")).scalars()
+            if is_job_subject(e, subjects[e.id])}
         have = set(session.scalars(sa.select(models.Embedding.enrollment_id).where(
             models.Embedding.space == version, models.Embedding.enrollment_id.in_(list(new_vectors)))))
         for enrollment_id, (speaker_id, vector, via, produced_by) in new_vectors.items():
