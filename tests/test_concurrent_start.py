@@ -45,6 +45,7 @@ def _assert_one_of_each(counts: dict) -> None:
     assert counts["deployments"] == 1
     assert counts["models"] and max(counts["models"].values()) == 1
     assert counts["alignments"] and max(counts["alignments"].values()) == 1
+    assert max(counts["register_events"].values()) == 1  # each registration audited once
 
 
 def test_services_built_in_many_threads_at_once_bootstrap_once(tmp_path, database_url):
@@ -75,9 +76,7 @@ def test_services_built_in_many_threads_at_once_bootstrap_once(tmp_path, databas
     finally:
         for services in built:
             services.close()
-    counts = _registry_counts(database_url)
-    _assert_one_of_each(counts)
-    assert max(counts["register_events"].values()) == 1
+    _assert_one_of_each(_registry_counts(database_url))
 
 
 def _free_port() -> int:
