@@ -83,37 +83,57 @@ def _safe_url(url: str) -> str:
 
 # -- keys -------------------------------------------------------------------------
 def cmd_keys(args, settings: Settings) -> int:
-    import sqlalchemy as sa
-
-    from app import db, models
-    from app.auth import create_api_key
+    from app import db
     from app.errors import ApiError
 
     engine = db.make_engine(settings.resolved_database_url)
     session_factory = db.make_session_factory(engine)
-    with session_factory() as session:
-        if args.keys_command == "create":
-            try:
-                key, row = create_api_key(session, name=args.name, scopes=args.scope)
-            except ApiError as exc:
-                return _fail(exc.message + f" ({exc.detail})")
-            session.commit()
-            print(f"created API key {row.prefix}... (id {row.id}, scopes {row.scopes}); it is shown only once:")
-            print(key)
-        elif args.keys_command == "list":
-            for row in session.scalars(sa.select(models.ApiKey).order_by(models.ApiKey.id)):
-                state = "revoked" if row.revoked_at else "active"
-                print(f"{row.id}\t{row.prefix}...\t{row.scopes}\t{row.name}\t{state}")
-        elif args.keys_command == "revoke":
-            import datetime as dt
+    commands = {"create": _keys_create, "list": _keys_list, "revoke": _keys_revoke}
+    try:
+        with session_factory() as session:
+            return commands[args.keys_command](args, session)
+    except ApiError as exc:
+        return _fail(exc.message + f" ({exc.detail})")
+    finally:
+        engine.dispose()
 
-            row = session.scalar(sa.select(models.ApiKey).filter_by(prefix=args.prefix))
-            if row is None:
-                return _fail(f"no API key with prefix {args.prefix!r}")
-            row.revoked_at = dt.datetime.now(dt.timezone.utc)
-            session.commit()
-            print(f"revoked {row.prefix}...")
-    engine.dispose()
+
+def _keys_create(args, session) -> int:
+    from app import auth
+
+    expires_at = auth.expiry_in_days(args.expires_in_days) if args.expires_in_days is not None else None
+    key, row = auth.create_api_key(session, name=args.name, scopes=args.scope, expires_at=expires_at)
+    session.commit()
+    expiry = f"expires {row.expires_at.isoformat()}" if row.expires_at else "never expires"
+    print(f"created API key {row.prefix}... (id {row.id}, scopes {row.scopes}, {expiry}); it is shown only once:")
+    print(key)
+    return 0
+
+
+def _keys_list(args, session) -> int:
+    from app import auth
+
+    columns = ("id", "prefix", "scopes", "name", "state", "created_at", "last_used_at", "expires_at", "revoked_at")
+    print("\t".join(columns))
+    for row in auth.list_api_keys(session):
+        shown = auth.key_to_dict(row)
+        shown.update(prefix=f"{row.prefix}...", scopes=row.scopes)
+        print("\t".join("-" if shown[c] is None else str(shown[c]) for c in columns))
+    return 0
+
+
+def _keys_revoke(args, session) -> int:
+    import sqlalchemy as sa
+
+    from app import auth, models
+
+    row = session.scalar(sa.select(models.ApiKey).filter_by(prefix=args.prefix.removesuffix("...")))
+    if row is None:
+        return _fail(f"no API key with prefix {args.prefix!r}")
+    # the CLI may revoke the last admin key: whoever runs it can create another
+    auth.revoke_api_key(session, row.id, keep_an_admin=False)
+    session.commit()
+    print(f"revoked {row.prefix}...")
     return 0
 
 
@@ -474,8 +494,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     kc = ksub.add_parser("create", help="create a key; the key is the last line printed")
     kc.add_argument("--scope", action="append", required=True, help="enroll, identify or admin (repeatable)")
     kc.add_argument("--name", default="cli")
-    ksub.add_parser("list")
-    kr = ksub.add_parser("revoke")
+    kc.add_argument("--expires-in-days", type=int, help="the key stops working after this many days")
+    ksub.add_parser("list", help="every key: scopes, state, created, last used (to the minute), expiry")
+    kr = ksub.add_parser("revoke", help="revoke a key by its prefix (as `list` shows it)")
     kr.add_argument("prefix")
     keys.set_defaults(func=cmd_keys)
 

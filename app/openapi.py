@@ -84,6 +84,16 @@ def openapi_document() -> dict:
                         "id": {"type": "integer"}, "name": {"type": "string"}, "score": {"type": "number"},
                         "scoring": {"type": "string"}}}},
                     "models": {"$ref": "#/components/schemas/Models"}}},
+                "ApiKey": {"type": "object", "description": "A key as listed; the key itself is shown only "
+                           "when created (field `key`), its hash never", "properties": {
+                    "id": {"type": "integer"}, "name": {"type": "string"}, "prefix": {"type": "string"},
+                    "scopes": {"type": "array", "items": {"type": "string", "enum": ["enroll", "identify", "admin"]}},
+                    "state": {"type": "string", "enum": ["active", "revoked", "expired"]},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "last_used_at": {"type": ["string", "null"], "format": "date-time",
+                                     "description": "written at most once a minute"},
+                    "expires_at": {"type": ["string", "null"], "format": "date-time"},
+                    "revoked_at": {"type": ["string", "null"], "format": "date-time"}}},
                 "Verification": {"type": "object", "properties": {
                     "accepted": {"type": "boolean"}, "score": {"type": "number"}, "threshold": {"type": "number"},
                     "scoring": {"type": "string"}, "models": {"$ref": "#/components/schemas/Models"}}},
@@ -125,7 +135,8 @@ def openapi_document() -> dict:
                                                  "400", "401", "403", "404", "413", "422")}},
             "/v1/jobs/{job_id}": {
                 "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-                "get": {"summary": "Job status", "security": secured,
+                "get": {"summary": "Job status; only for the key that created the job and admin keys "
+                                   "(any other key gets 404)", "security": secured,
                         "responses": _responses({"200": _json("#/components/schemas/Job")}, "401", "403", "404")}},
             "/v1/identify": {
                 "post": {"summary": "Who is speaking? (open set: speaker null when unknown)", "security": secured,
@@ -159,9 +170,25 @@ def openapi_document() -> dict:
                              "type": "object", "required": ["scopes"],
                              "properties": {"name": {"type": "string"},
                                             "scopes": {"type": "array", "items": {
-                                                "type": "string", "enum": ["enroll", "identify", "admin"]}}}}}}},
-                         "responses": _responses({"201": {"description": "Created; the key is shown once"}},
-                                                 "400", "401", "403")}},
+                                                "type": "string", "enum": ["enroll", "identify", "admin"]}},
+                                            "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+                                            "expires_at": {"type": "string", "format": "date-time",
+                                                           "description": "with a time zone; not with "
+                                                                          "expires_in_days"}}}}}},
+                         "responses": _responses({"201": _json("#/components/schemas/ApiKey",
+                                                               "Created; the key is shown once, in `key`")},
+                                                 "400", "401", "403")},
+                "get": {"summary": "Every API key with its state, last use and expiry (admin)", "security": secured,
+                        "responses": _responses({"200": {"description": "OK", "content": {"application/json": {
+                            "schema": {"type": "object", "properties": {"keys": {
+                                "type": "array", "items": {"$ref": "#/components/schemas/ApiKey"}}}}}}}},
+                            "401", "403")}},
+            "/v1/keys/{key_id}": {
+                "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "delete": {"summary": "Revoke an API key (admin); revoking again is fine. The last active admin "
+                                      "key cannot be revoked here (409 last_admin_key; the CLI can)",
+                           "security": secured,
+                           "responses": _responses({"204": {"description": "Revoked"}}, "401", "403", "404", "409")}},
             "/v1/alignments": {
                 "get": {"summary": "Registered alignment artifacts", "security": secured,
                         "responses": _responses({"200": {"description": "OK"}}, "401", "403")},

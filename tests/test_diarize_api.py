@@ -57,7 +57,7 @@ def test_long_recordings_become_a_job(tmp_path, database_url, sample_bytes):
         assert job["status"] == "succeeded"
         assert job["result"]["num_speakers"] == 2 and job["result"]["segments"]
         assert not list(harness.settings.diarize_audio_dir.glob("*.flac"))  # temp audio removed
-        # an enroll-only key may not read a diarization job
-        assert harness.client.get(f"/v1/jobs/{job_id}", headers=harness.headers("enroll")).status_code == 403
+        # only the key that asked may read it (and admin keys): any other key is told it does not exist
+        assert harness.client.get(f"/v1/jobs/{job_id}", headers=harness.headers("enroll")).status_code == 404
     finally:
         harness.close()

@@ -262,3 +262,66 @@ def test_a_delete_during_the_final_write_waits_for_it_then_removes_everything(ha
     assert _count(harness, models.Enrollment, speaker_id=speaker_id) == 0
     harness.services.gallery.sync()
     assert not any(harness.services.gallery.contains(space, speaker_id) for space in ("campplus-192", "ge2e-256"))
+
+
+# -- re-embedding jobs check the same way ------------------------------------------------------
+class _BatchContext:
+    """A re-embedding batch job's context; `on_progress` runs once its first vector is computed."""
+
+    def __init__(self, payload: dict, on_progress=None):
+        self.payload, self._on_progress = payload, on_progress
+
+    def set_progress(self, fraction: float) -> None:
+        if self._on_progress is not None:
+            self._on_progress()
+            self._on_progress = None
+
+
+def _enrolled_without(harness, space: str) -> int:
+    """A completed enrollment whose vector in `space` was removed, as before a re-embedding."""
+    from app import models
+
+    audio, _ = _utterances(_speaker_pairs()[0][0])
+    submitted = _enroll(harness, harness.create_speaker("re-embedded"), audio)
+    assert harness.drain_jobs() == 1
+    enrollment_id = submitted["enrollment"]["id"]
+    with harness.services.session() as session:
+        session.execute(sa.delete(models.Embedding).filter_by(enrollment_id=enrollment_id, space=space))
+        session.commit()
+    return enrollment_id
+
+
+def _replace_enrollment(harness, enrollment_id: int) -> None:
+    from app import models
+
+    with harness.services.session() as session:
+        session.execute(sa.update(models.Enrollment).where(models.Enrollment.id == enrollment_id)
+                        .values(uuid="e" * 32, audio_sha256="1" * 64))
+        session.commit()
+
+
+def test_reembedding_writes_only_for_the_enrollments_it_was_created_for(harness):
+    from app import models
+    from app.services.enrollment import job_subject
+    from app.services.reembed import process_reembed_batch
+
+    space = "ge2e-256"
+    enrollment_id = _enrolled_without(harness, space)
+    with harness.services.session() as session:
+        subject = job_subject(session.get(models.Enrollment, enrollment_id))
+    payload = {"model_version": space, "bridge": None, "enrollments": [subject]}
+
+    # replaced while its vector was computed: nothing is stored
+    counts = process_reembed_batch(harness.services, _BatchContext(
+        payload, on_progress=lambda: _replace_enrollment(harness, enrollment_id)))
+    assert counts["embedded"] == 1
+    assert _count(harness, models.Embedding, enrollment_id=enrollment_id, space=space) == 0
+
+    # replaced before the batch ran: not embedded at all
+    counts = process_reembed_batch(harness.services, _BatchContext(payload))
+    assert counts["gone"] == 1 and counts["embedded"] == 0
+
+    # a batch queued before migration 0003 names ids only, and still runs
+    legacy = {"model_version": space, "bridge": None, "enrollment_ids": [enrollment_id]}
+    assert process_reembed_batch(harness.services, _BatchContext(legacy))["embedded"] == 1
+    assert _count(harness, models.Embedding, enrollment_id=enrollment_id, space=space) == 1

@@ -1,14 +1,15 @@
 """REST API v1: thin handlers that parse input, call services, render JSON."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app import jobs, models
-from app.auth import check_scope, current_actor, require_any_key, require_scope
+from app import auth, jobs, models
+from app.auth import current_actor, current_key_id, require_any_key, require_scope
 from app.errors import ApiError, bad_request
 from app.openapi import openapi_document
 from app.services import recognition, registry, speakers as speaker_service
@@ -174,7 +175,7 @@ def enroll(speaker_id: int):
     with services.session() as session:
         speaker_service.get_speaker(session, speaker_id)  # 404 before parsing the upload
     _form_fields(set(), {"audio"}, {"audio"})
-    enrollment, job = submit_enrollment(services, speaker_id, _audio_bytes())
+    enrollment, job = submit_enrollment(services, speaker_id, _audio_bytes(), created_by_key_id=current_key_id())
     return (jsonify({"job": _job_to_dict(job), "enrollment": speaker_service.enrollment_to_dict(enrollment)}),
             202, {"Location": f"/v1/jobs/{job.id}"})
 
@@ -192,8 +193,11 @@ def _job_to_dict(job: models.Job, children: dict | None = None) -> dict:
     return body
 
 
-# Reading a job needs the scope that created it (anything else: admin).
-JOB_SCOPES = {"enroll": "enroll", "diarize": "identify"}
+def _readable_by_this_key(job: models.Job) -> bool:
+    """A job (its result may be a diarization of someone's recording) is for the key that
+    created it, and admin keys."""
+    return auth.current_key_is_admin() or (job.created_by_key_id is not None
+                                           and job.created_by_key_id == current_key_id())
 
 
 @bp.get("/v1/jobs/<int:job_id>")
@@ -202,8 +206,8 @@ def get_job(job_id: int):
     services = _services()
     with services.session() as session:
         job = jobs.get_job(session, job_id)
-        check_scope(JOB_SCOPES.get(job.kind, "admin") if job is not None else "enroll")
-        if job is None:
+        # another key's job looks exactly like a missing one, so ids cannot be probed
+        if job is None or not _readable_by_this_key(job):
             raise ApiError(404, "job_not_found", f"No job with id {job_id}.", {"id": job_id})
         return jsonify(_job_to_dict(job, jobs.children_summary(session, job.id)))
 
@@ -259,7 +263,8 @@ def diarize():
     response_format = request.args.get("format", "json")
     if response_format not in ("json", "rttm"):
         raise bad_request("invalid_field", "'format' must be json or rttm.", field="format", value=response_format)
-    status, body = diarization.submit_or_run(_services(), _audio_bytes(), **options)
+    status, body = diarization.submit_or_run(_services(), _audio_bytes(), created_by_key_id=current_key_id(),
+                                             **options)
     if status == 200 and response_format == "rttm":
         return Response(diarization.rttm_text(body), mimetype="text/plain")
     headers = {"Location": f"/v1/jobs/{body['job']['id']}"} if status == 202 else {}
@@ -267,20 +272,53 @@ def diarize():
 
 
 # -- admin -------------------------------------------------------------------------
+def _key_expiry(body: dict):
+    """`expires_in_days` or `expires_at` (ISO 8601 with a time zone), at most one; None: never."""
+    days, at = body.get("expires_in_days"), body.get("expires_at")
+    if days is not None and at is not None:
+        raise bad_request("invalid_fields", "Give 'expires_in_days' or 'expires_at', not both.",
+                          fields=["expires_in_days", "expires_at"])
+    if days is not None:
+        return auth.expiry_in_days(days)
+    if at is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(at)
+    except (TypeError, ValueError):
+        raise bad_request("invalid_expiry", "'expires_at' must be an ISO 8601 date and time with a time zone, "
+                          "e.g. 2030-01-31T00:00:00Z.", field="expires_at", value=at)
+
+
 @bp.post("/v1/keys")
 @require_scope("admin")
 def create_key():
-    from app.auth import create_api_key
-
-    body = _json_body({"name", "scopes"}, {"scopes"})
+    body = _json_body({"name", "scopes", "expires_in_days", "expires_at"}, {"scopes"})
     scopes = body["scopes"]
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise bad_request("invalid_field", "'scopes' must be a list of strings.", field="scopes")
+    expires_at = _key_expiry(body)
     services = _services()
     with services.session() as session:
-        key, row = create_api_key(session, name=str(body.get("name") or "api"), scopes=scopes)
+        key, row = auth.create_api_key(session, name=str(body.get("name") or "api"), scopes=scopes,
+                                       expires_at=expires_at)
         session.commit()
-        return jsonify({"id": row.id, "key": key, "prefix": row.prefix, "scopes": row.scopes.split(",")}), 201
+        return jsonify({**auth.key_to_dict(row), "key": key}), 201
+
+
+@bp.get("/v1/keys")
+@require_scope("admin")
+def list_keys():
+    with _services().session() as session:
+        return jsonify({"keys": [auth.key_to_dict(row) for row in auth.list_api_keys(session)]})
+
+
+@bp.delete("/v1/keys/<int:key_id>")
+@require_scope("admin")
+def revoke_key(key_id: int):
+    with _services().session() as session:
+        auth.revoke_api_key(session, key_id, keep_an_admin=True)
+        session.commit()
+    return "", 204
 
 
 @bp.get("/v1/alignments")
@@ -349,7 +387,7 @@ def reembed_model(name: str):
 
     body = _json_body({"bridge"}, set()) if request.get_data() else {}
     bridge = _name_field(body, "bridge") if body.get("bridge") is not None else None
-    job = start_reembed(_services(), name, bridge=bridge, actor=current_actor())
+    job = start_reembed(_services(), name, bridge=bridge, actor=current_actor(), created_by_key_id=current_key_id())
     return jsonify({"job": _job_to_dict(job)}), 202, {"Location": f"/v1/jobs/{job.id}"}
 
 
@@ -392,7 +430,7 @@ def evaluate_alignment(name: str):
         options["crops"] = [float(c) for c in crops]
     eval_dir = _name_field(body, "eval_dir") if body.get("eval_dir") is not None else None
     job = submit_evaluation(_services(), name, eval_dir=eval_dir, options=options, tolerance=tolerance,
-                            actor=current_actor())
+                            actor=current_actor(), created_by_key_id=current_key_id())
     return jsonify({"job": _job_to_dict(job)}), 202, {"Location": f"/v1/jobs/{job.id}"}
 
 

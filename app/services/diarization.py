@@ -105,8 +105,9 @@ def rttm_text(body: dict, uri: str = "audio") -> str:
                         else seg["label"]} for seg in body["segments"]], uri)
 
 
-def submit_or_run(services, data: bytes, **options) -> tuple[int, dict]:
-    """Decode and validate; run inline (200) or queue a job (202) for long recordings."""
+def submit_or_run(services, data: bytes, *, created_by_key_id: int | None = None, **options) -> tuple[int, dict]:
+    """Decode and validate; run inline (200) or queue a job (202) for long recordings,
+    readable by the key that asked (``created_by_key_id``) and admin keys only."""
     decoded = decode_upload(services, data)
     from diarizer import HintError, validate_hints
 
@@ -122,7 +123,7 @@ def submit_or_run(services, data: bytes, **options) -> tuple[int, dict]:
     sf.write(path, decoded.wav, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     with services.session() as session:
         job = jobs.enqueue(session, DIARIZE_JOB, {"audio_path": str(path), "options": options},
-                           max_attempts=services.settings.job_max_attempts)
+                           max_attempts=services.settings.job_max_attempts, created_by_key_id=created_by_key_id)
         session.commit()
         return 202, {"job": {"id": job.id, "kind": job.kind, "status": job.status},
                      "duration_s": round(decoded.duration_s, 3)}

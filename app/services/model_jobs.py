@@ -16,13 +16,13 @@ def default_eval_dir(settings) -> pathlib.Path:
 
 
 def submit_evaluation(services, alignment: str, *, eval_dir: str | None, options: dict, tolerance: dict,
-                      actor: str):
+                      actor: str, created_by_key_id: int | None = None):
     folder = pathlib.Path(eval_dir) if eval_dir else default_eval_dir(services.settings)
     with services.session() as session:
         registry.get_artifact_row(session, alignment)  # 404 now rather than in the worker
         job = jobs.enqueue(session, EVALUATE_JOB, {"alignment": alignment, "eval_dir": str(folder),
                                                    "options": options, "tolerance": tolerance, "actor": actor},
-                           max_attempts=services.settings.job_max_attempts)
+                           max_attempts=services.settings.job_max_attempts, created_by_key_id=created_by_key_id)
         session.commit()
         session.refresh(job)
         return job
