@@ -41,7 +41,8 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 }
 
 _loaded: dict[str, Embedder] = {}
-_lock = threading.Lock()
+_version_locks: dict[str, threading.Lock] = {}
+_lock = threading.Lock()  # guards _version_locks
 
 
 def spec_for(version: str) -> ModelSpec:
@@ -52,17 +53,29 @@ def spec_for(version: str) -> ModelSpec:
 
 
 def load_embedder(version: str) -> Embedder:
-    """The process-wide instance of a model version (loaded on first use)."""
+    """The process-wide instance of a model version (loaded on first use). Embedders keep
+    no state between calls, so all threads share it without a lock; a lock per version makes
+    a request wait only for the model it needs to finish loading, never for another one."""
+    embedder = _loaded.get(version)
+    if embedder is not None:
+        return embedder
+    spec_for(version)  # an unknown name fails here, before it gets a lock
     with _lock:
+        version_lock = _version_locks.setdefault(version, threading.Lock())
+    with version_lock:
         if version not in _loaded:
-            spec = spec_for(version)
-            module_name, class_name = spec.entry_point.split(":")
-            cls = getattr(importlib.import_module(module_name), class_name)
-            embedder = cls()
-            if embedder.dim != spec.dim or embedder.version != version:
-                raise RuntimeError(f"{spec.entry_point} does not implement {version}")
-            _loaded[version] = embedder
+            _loaded[version] = _build_embedder(version)
         return _loaded[version]
+
+
+def _build_embedder(version: str) -> Embedder:
+    spec = spec_for(version)
+    module_name, class_name = spec.entry_point.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    embedder = cls()
+    if embedder.dim != spec.dim or embedder.version != version:
+        raise RuntimeError(f"{spec.entry_point} does not implement {version}")
+    return embedder
 
 
 @functools.lru_cache(maxsize=None)

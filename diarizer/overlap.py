@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import pickle
-import threading
 import types
 
 import numpy as np
@@ -38,7 +37,6 @@ CHUNK_S = 10.0
 OVERLAP_CLASSES = (4, 5, 6)
 #: the classes in which local speaker 0, 1, 2 is active
 _SPEAKER_CLASSES = ((1, 4, 5), (2, 4, 6), (3, 5, 6))
-_LOCK = threading.Lock()
 
 
 class _ParamSincFB(nn.Module):
@@ -224,7 +222,8 @@ class OverlapDetector:
         for i in range(0, len(starts), self.batch_size):  # batch by batch: bounded memory
             batch_starts = starts[i:i + self.batch_size]
             chunks = torch.from_numpy(np.stack([padded[s:s + window] for s in batch_starts]))[:, None, :]
-            with _LOCK, torch.inference_mode():
+            # the network keeps no state between calls: threads share it, unlocked
+            with torch.inference_mode():
                 outputs = self.model(chunks).exp().numpy()
             for start, probs in zip(batch_starts, outputs):
                 hard = probs.argmax(axis=1)

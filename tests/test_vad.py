@@ -75,9 +75,9 @@ def test_locates_speech_between_silences(vad, speech):
 def test_same_segments_as_silero_reference(vad, speech):
     from silero_vad.utils_vad import get_speech_timestamps
 
-    from speechcore.vad import _silero_model
+    from speechcore.vad import _thread_model
 
-    reference = get_speech_timestamps(torch.from_numpy(speech), _silero_model(),
+    reference = get_speech_timestamps(torch.from_numpy(speech), _thread_model(),
                                       return_seconds=True, time_resolution=3)
     ours = [(round(start, 3), round(end, 3)) for start, end in vad.segments(speech)]
     assert ours == [(stamp["start"], stamp["end"]) for stamp in reference]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import pathlib
-import threading
 import uuid
 
 import numpy as np
@@ -20,7 +19,6 @@ from app.errors import bad_request
 from app.services.audio_input import SAMPLE_RATE, decode_upload
 
 DIARIZE_JOB = "diarize"
-_overlap_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -80,9 +78,8 @@ def diarize_wav(services, wav: np.ndarray, *, candidates=None, num_speakers=None
                       if name_against_gallery else (None, {}))
     diarizer = build_diarizer(services, artifact)
     try:
-        with _overlap_lock:  # the VAD/segmentation models keep streaming state
-            result = diarizer.diarize(wav, gallery=gallery, num_speakers=num_speakers,
-                                      min_speakers=min_speakers, max_speakers=max_speakers)
+        result = diarizer.diarize(wav, gallery=gallery, num_speakers=num_speakers,
+                                  min_speakers=min_speakers, max_speakers=max_speakers)
     except HintError as exc:
         raise bad_request("invalid_speaker_hints", str(exc), num_speakers=num_speakers,
                           min_speakers=min_speakers, max_speakers=max_speakers) from exc
