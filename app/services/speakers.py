@@ -56,6 +56,10 @@ def delete_speaker(session, speaker_id: int) -> list[pathlib.Path]:
     """Delete the speaker and everything derived from it; returns audio files to remove
     once the transaction has committed (so a failed commit loses nothing)."""
     speaker = get_speaker(session, speaker_id)
+    # The speaker's enrollments first, in the order an enrollment job's final write takes
+    # its rows (enrollment, then embeddings and profiles): a job storing vectors finishes
+    # before this delete reads anything, instead of deadlocking with it on PostgreSQL.
+    db.select_for_update(session, sa.select(models.Enrollment.id).filter_by(speaker_id=speaker_id))
     files = [pathlib.Path(p) for p in session.scalars(
         sa.select(models.Enrollment.audio_path).filter_by(speaker_id=speaker_id)) if p]
     spaces = set(session.scalars(sa.select(models.Profile.space).filter_by(speaker_id=speaker_id)))
