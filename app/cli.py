@@ -139,6 +139,7 @@ def _keys_revoke(args, session) -> int:
 
 # -- serve / worker ---------------------------------------------------------------
 def cmd_serve(args, settings: Settings) -> int:
+    from app import serving
     from app.factory import create_app
 
     settings = settings.replace(host=args.host or settings.host, port=args.port or settings.port)
@@ -149,12 +150,7 @@ def cmd_serve(args, settings: Settings) -> int:
           f"worker {'in-process' if args.with_worker else 'separate: run `nessa worker`'})")
     print(f"Create an API key:  .venv/bin/nessa keys create --scope admin   then  "
           f"curl -H 'Authorization: Bearer <key>' {url}/v1/speakers", flush=True)
-    try:
-        from waitress import serve
-    except ImportError:  # pragma: no cover - waitress is in requirements.txt
-        app.run(host=settings.host, port=settings.port, threaded=True)
-    else:
-        serve(app, host=settings.host, port=settings.port, threads=args.threads, ident="nessa")
+    serving.serve(app, settings, threads=args.threads)
     return 0
 
 
@@ -472,7 +468,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument("--threads", type=int, default=settings.web_threads,
+                       help="request threads (default NESSA_WEB_THREADS, %(default)s)")
     serve.add_argument("--with-worker", action="store_true", help="also run a job worker in this process")
     serve.set_defaults(func=cmd_serve)
 
