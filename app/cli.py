@@ -340,10 +340,11 @@ def cmd_simulate(args, settings: Settings) -> int:
 
 def _decode_file(path, settings: Settings):
     from app.errors import ApiError
+    from app.services.audio_input import upload_limits
     from speechcore.audio import AudioError, decode_audio
 
     try:
-        return decode_audio(path.read_bytes(), max_seconds=settings.max_audio_seconds).wav
+        return decode_audio(path.read_bytes(), limits=upload_limits(settings)).wav
     except AudioError as exc:
         raise ApiError(exc.http_status, exc.code, exc.message, exc.detail) from exc
 

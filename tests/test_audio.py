@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -9,8 +10,11 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from conftest import requires_shared_data
-from speechcore.audio import (AudioError, AudioTooLongError, DecodedAudio, EmptyAudioError,
-                              UndecodableAudioError, decode_audio, load_audio_file)
+import speechcore.audio as speechcore_audio
+from speechcore.audio import (AudioError, AudioLimits, AudioTooLargeError, AudioTooLongError,
+                              DecodedAudio, EmptyAudioError, SampleRateOutOfRangeError,
+                              StreamingResampler, TooManyChannelsError, UndecodableAudioError,
+                              decode_audio, load_audio_file, polyphase_factors)
 
 pytestmark = pytest.mark.models_only
 
@@ -200,3 +204,130 @@ def test_load_audio_file_names_the_file(tmp_path):
     good = tmp_path / "tone.flac"
     good.write_bytes(encode(stereo_tones(48000), 48000, "FLAC"))
     assert load_audio_file(good, target_sr=8000).shape == (8000,)
+
+
+# -- bounded cost (issue #10): limits from the header, decoding in blocks ------------------
+def todays_decode(data: bytes) -> np.ndarray:
+    """What decode_audio computed before it decoded in blocks: the whole signal read at
+    once, averaged over channels and resampled by resample_poly in one call."""
+    with sf.SoundFile(io.BytesIO(data)) as handle:
+        samples, rate = handle.read(dtype="float32", always_2d=True), handle.samplerate
+    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+    common = math.gcd(rate, 16000)
+    return resample_poly(mono, 16000 // common, rate // common).astype(np.float32)
+
+
+def encode_in_blocks(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+    # one large write to OGG crashes libsndfile 1.2.2 (segfault), so write a second at a time
+    buffer = io.BytesIO()
+    with sf.SoundFile(buffer, "w", samplerate=sample_rate, channels=samples.shape[1], format=fmt) as out:
+        for start in range(0, len(samples), sample_rate):
+            out.write(samples[start:start + sample_rate])
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("source_sr", [4000, 8000, 11025, 22050, 44100, 48000, 96000, 192000, 44056])
+def test_streaming_resampler_equals_resample_poly_on_the_whole_signal(source_sr):
+    rng = np.random.default_rng(source_sr)
+    signal = (0.3 * rng.standard_normal(3 * source_sr + 17)).astype(np.float32)
+    common = math.gcd(source_sr, 16000)
+    expected = resample_poly(signal, 16000 // common, source_sr // common).astype(np.float32)
+
+    resampler = StreamingResampler(source_sr, 16000)
+    cuts = np.sort(rng.choice(np.arange(1, len(signal)), size=40, replace=False))
+    for block in np.split(signal, cuts):  # blocks of every size, down to a single sample
+        resampler.feed(block)
+    np.testing.assert_array_equal(resampler.finish(), expected)
+
+
+def test_awkward_rates_get_a_bounded_filter_and_common_rates_an_exact_one():
+    for rate in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 37800, 44056, 44100, 48000,
+                 88200, 96000, 176400, 192000):
+        up, down = polyphase_factors(rate, 16000)
+        assert up * rate == down * 16000, rate
+    for rate in (191_999, 48_001, 5_333, 2**31 - 1):
+        up, down = polyphase_factors(rate, 16000)
+        assert max(up, down) <= 8192
+        if rate < 2**31 - 1:
+            assert up / down == pytest.approx(16000 / rate, rel=1e-4)
+    assert polyphase_factors(2**31 - 1, 16000) == (1, 8192)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("source", [
+    ("extra-speakers", "vctk-p230", "p230_023.wav"),             # real 48 kHz WAV
+    ("extra-speakers", "vctk-p240", "p240_00000.mp3"),           # real 24 kHz MP3
+    ("extra-speakers", "commonvoice-en_651325", "common_voice_en_651325.mp3"),  # 48 kHz MP3
+])
+def test_real_files_decode_to_todays_samples_in_small_blocks(source, monkeypatch):
+    data = requires_shared_data(*source).read_bytes()
+    monkeypatch.setattr(speechcore_audio, "_BLOCK_SAMPLES", 4099)  # many block boundaries
+    np.testing.assert_allclose(decode_audio(data).wav, todays_decode(data), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("fmt", ["FLAC", "MP3", "OGG"])
+@pytest.mark.parametrize("sample_rate", [44100, 48000])
+def test_real_speech_at_44k1_and_48k_decodes_to_todays_samples(fmt, sample_rate, monkeypatch):
+    speech = load_audio_file(requires_shared_data("extra-speakers", "vctk-p233", "p233_023.wav"))
+    speech = resample_poly(speech, sample_rate, 16000).astype(np.float32)
+    stereo = np.stack([speech, np.roll(speech, 101)], axis=1)  # two different channels
+    data = encode_in_blocks(stereo, sample_rate, fmt)
+    monkeypatch.setattr(speechcore_audio, "_BLOCK_SAMPLES", 5000)
+    np.testing.assert_allclose(decode_audio(data).wav, todays_decode(data), rtol=1e-6, atol=1e-7)
+
+
+UPLOAD_LIMITS = AudioLimits(max_seconds=600, min_sample_rate=4000, max_sample_rate=192000,
+                            max_channels=8, max_decoded_samples=600 * 96000)
+
+
+@pytest.mark.parametrize("sample_rate", [3999, 192001])
+def test_sample_rates_outside_the_range_are_refused(sample_rate):
+    upload = encode(np.zeros((100, 1), np.float32), sample_rate, "WAV")
+    with pytest.raises(SampleRateOutOfRangeError) as caught:
+        decode_audio(upload, limits=UPLOAD_LIMITS)
+    error = caught.value
+    assert (error.code, error.http_status) == ("unsupported_sample_rate", 422)
+    assert error.detail["sample_rate"] == sample_rate
+    assert (error.detail["min_sample_rate"], error.detail["max_sample_rate"]) == (4000, 192000)
+    assert decode_audio(upload).source_sample_rate == sample_rate  # no limits, no refusal
+
+
+def test_too_many_channels_are_refused_before_decoding():
+    upload = encode(np.zeros((1600, 9), np.float32), 16000, "WAV")
+    with pytest.raises(TooManyChannelsError) as caught:
+        decode_audio(upload[:len(upload) // 2], limits=UPLOAD_LIMITS)  # cut: refused on the header alone
+    assert (caught.value.code, caught.value.http_status) == ("too_many_channels", 422)
+    assert caught.value.detail["max_channels"] == 8
+
+
+def test_the_decoding_work_is_bounded_from_the_header():
+    upload = encode(np.zeros((48000 * 2, 4), np.float32), 48000, "FLAC")  # 384,000 samples
+    limits = AudioLimits(max_decoded_samples=300_000)
+    with pytest.raises(AudioTooLargeError) as caught:
+        decode_audio(upload[:len(upload) // 2], limits=limits)
+    error = caught.value
+    assert (error.code, error.http_status) == ("audio_too_large", 413)
+    assert error.detail["samples"] == 384_000 and error.detail["max_samples"] == 300_000
+    assert "at most 300,000 samples" in error.message
+    assert decode_audio(upload, limits=AudioLimits(max_decoded_samples=384_000)).duration_s == 2.0
+
+
+def test_running_out_of_memory_is_a_413_not_a_crash(monkeypatch):
+    def no_memory(self, samples):
+        raise MemoryError()
+
+    monkeypatch.setattr(StreamingResampler, "feed", no_memory)
+    with pytest.raises(AudioTooLargeError) as caught:
+        decode_audio(encode(stereo_tones(44100), 44100, "WAV"))
+    assert caught.value.http_status == 413
+    assert caught.value.detail["sample_rate"] == 44100
+
+
+def test_quoted_decoder_logs_are_bounded():
+    log = "\n".join(f"chunk{i} {'x' * 500} : 900 (should be 100)" for i in range(1000))
+    with pytest.raises(UndecodableAudioError) as caught:
+        speechcore_audio._check_declared_sizes(log, {"format": "aiff"})
+    quoted = caught.value.detail["decoder_log"]
+    assert len(quoted) == 6 and quoted[-1] == "... 995 more lines"
+    assert all(len(line) <= 203 for line in quoted)

@@ -7,9 +7,13 @@ import time
 import numpy as np
 
 from app.errors import ApiError
-from speechcore.audio import AudioError, DecodedAudio, decode_audio
+from speechcore.audio import AudioError, AudioLimits, DecodedAudio, decode_audio
 
 SAMPLE_RATE = 16000
+#: decoded samples (frames × channels) allowed per second of ``max_audio_seconds``: as many
+#: as 48 kHz stereo has, so the decoding work of one upload is bounded whatever its header
+#: declares (600 s → 57.6 million samples: 8 channels at 48 kHz may last 150 s)
+DECODE_BUDGET_SAMPLES_PER_SECOND = 48000 * 2
 
 
 @dataclasses.dataclass
@@ -22,6 +26,15 @@ class PreparedAudio:
     timings_ms: dict
 
 
+def upload_limits(settings) -> AudioLimits:
+    """What decoding one upload may cost, from the settings (speechcore.audio explains)."""
+    return AudioLimits(
+        max_seconds=settings.max_audio_seconds,
+        min_sample_rate=settings.min_sample_rate, max_sample_rate=settings.max_sample_rate,
+        max_channels=settings.max_channels,
+        max_decoded_samples=int(settings.max_audio_seconds * DECODE_BUDGET_SAMPLES_PER_SECOND))
+
+
 def decode_upload(services, data: bytes) -> DecodedAudio:
     """Size and format checks, then 16 kHz mono; every failure is a 4xx ApiError."""
     settings = services.settings
@@ -31,7 +44,7 @@ def decode_upload(services, data: bytes) -> DecodedAudio:
         raise ApiError(413, "upload_too_large", "The uploaded file is larger than the limit.",
                        {"bytes": len(data), "max_bytes": settings.max_upload_bytes})
     try:
-        return decode_audio(data, max_seconds=settings.max_audio_seconds)
+        return decode_audio(data, limits=upload_limits(settings))
     except AudioError as exc:
         raise ApiError(exc.http_status, exc.code, exc.message, exc.detail) from exc
 
