@@ -176,16 +176,17 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None,
         limits = dataclasses.replace(limits, max_seconds=max_seconds)
     if not data:
         raise EmptyAudioError("the upload is empty (0 bytes)")
-    header = None
+    header = wav = None
     try:
         with _open(data) as handle:
             header = _read_header(handle, data, limits)
             wav, decoded_frames = _decode_blocks(handle, header, limits, target_sr)
     except MemoryError:
-        # `from None`: the failed allocation's traceback would keep the frames' arrays alive
+        pass  # answered below: raising here would chain the traceback, and with it every array
+    if wav is None:
         raise AudioTooLargeError(
             "the audio is too large to decode with the memory available",
-            detail={**(header.described() if header else {}), "size_bytes": len(data)}) from None
+            detail={**(header.described() if header else {}), "size_bytes": len(data)})
     _check_decoded(header, decoded_frames)
     return DecodedAudio(wav=wav, duration_s=len(wav) / target_sr,
                         source_sample_rate=header.sample_rate, source_channels=header.channels,
@@ -320,11 +321,13 @@ def _read_header(handle: sf.SoundFile, data: bytes, limits: AudioLimits) -> _Hea
 
 def _check_sample_rate(header: _Header, limits: AudioLimits) -> None:
     low, high = limits.min_sample_rate, limits.max_sample_rate
-    if (low is not None and header.sample_rate < low) or (high is not None and header.sample_rate > high):
-        raise SampleRateOutOfRangeError(
-            f"the audio's sample rate is {header.sample_rate} Hz; supported rates are "
-            f"{low or 1} to {high or 'any'} Hz",
-            detail={**header.described(), "min_sample_rate": low, "max_sample_rate": high})
+    if (low is None or header.sample_rate >= low) and (high is None or header.sample_rate <= high):
+        return
+    supported = (f"{low} to {high} Hz" if low is not None and high is not None
+                 else f"at least {low} Hz" if low is not None else f"at most {high} Hz")
+    raise SampleRateOutOfRangeError(
+        f"the audio's sample rate is {header.sample_rate} Hz; supported rates are {supported}",
+        detail={**header.described(), "min_sample_rate": low, "max_sample_rate": high})
 
 
 def _check_channels(header: _Header, limits: AudioLimits) -> None:
