@@ -2,7 +2,33 @@
 ``{"code": ..., "message": ..., "detail": {...}}``."""
 from __future__ import annotations
 
+import itertools
 from typing import Any
+
+#: an error echoes at most this much of any value it names (never a whole body)
+ECHO_CHARS = 100
+ECHO_ITEMS = 20
+MESSAGE_CHARS = 300
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def bounded(value: Any, depth: int = 0) -> Any:
+    """`value` cut down for an error body: long strings clipped, long lists shortened,
+    deep structures dropped, so what a client sent is never reflected back in full."""
+    if isinstance(value, str):
+        return clip(value)
+    if depth >= 3:
+        return "..." if isinstance(value, (dict, list, tuple)) else value
+    if isinstance(value, dict):
+        return {bounded(k): bounded(v, depth + 1) for k, v in itertools.islice(value.items(), ECHO_ITEMS)}
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+        clipped = [bounded(v, depth + 1) for v in items[:ECHO_ITEMS]]
+        return clipped + ["..."] if len(items) > ECHO_ITEMS else clipped
+    return value
 
 
 class ApiError(Exception):
@@ -16,7 +42,7 @@ class ApiError(Exception):
         self.detail = detail or {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "detail": self.detail}
+        return {"code": self.code, "message": clip(self.message, MESSAGE_CHARS), "detail": bounded(self.detail)}
 
 
 def not_found(kind: str, ident: Any) -> ApiError:

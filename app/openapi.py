@@ -1,5 +1,9 @@
-"""The OpenAPI 3.1 description of /v1, served at /v1/openapi.json."""
+"""The OpenAPI 3.1 description of /v1, served at /v1/openapi.json. Limits come from
+app.api.inputs, the module that enforces them."""
 from __future__ import annotations
+
+from app.api.inputs import MAX_CANDIDATES, MAX_ID, MAX_JSON_BYTES, MAX_TEXT, NAME_PATTERN, TEXT_PATTERN
+from app.models import ENROLLMENT_STATUSES, JOB_STATUSES
 
 
 def _error(description: str) -> dict:
@@ -8,18 +12,37 @@ def _error(description: str) -> dict:
 
 
 ERRORS = {
-    "400": _error("Malformed request (bad JSON, wrong or missing fields, unreadable audio)."),
+    "400": _error("Malformed request (bad JSON, wrong, missing or out-of-range fields, unreadable audio)."),
     "401": _error("Missing or invalid API key."),
     "403": _error("The API key lacks the required scope."),
-    "404": _error("Unknown id."),
-    "409": _error("Conflicts with the registry's state (gate failed, not evaluated, in use, retired)."),
-    "413": _error("Upload larger than the configured limit."),
+    "404": _error(f"Unknown id or name (any id above {MAX_ID} included)."),
+    "409": _error("Conflicts with the current state (registry gate failed, not evaluated, in use, retired; "
+                  "external_id taken; speaker not enrolled)."),
+    "413": _error(f"Upload larger than the configured limit, or a JSON body over {MAX_JSON_BYTES} bytes."),
     "422": _error("Audio too long, or too little speech after voice activity detection."),
+    "500": _error("Unexpected server error; detail.request_id names it in the server log."),
+    "503": _error("Temporarily unable to serve: out of memory for this request (insufficient_memory) or no "
+                  "runtime path in force (no_active_alignment). Retry later."),
 }
+#: any request can meet these
+ALWAYS = ("500", "503")
 
 
 def _responses(ok: dict, *codes: str) -> dict:
-    return {**ok, **{c: ERRORS[c] for c in codes}}
+    return {**ok, **{c: ERRORS[c] for c in (*codes, *ALWAYS)}}
+
+
+def _integer(minimum: int, maximum: int) -> dict:
+    return {"type": "integer", "minimum": minimum, "maximum": maximum}
+
+
+ROW_ID = _integer(1, MAX_ID)
+#: a name or external id: printable (no control characters), not blank
+TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": TEXT_PATTERN}
+
+
+def _path_id(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": ROW_ID}
 
 
 def _audio_form(extra: dict | None = None, required=("audio",)) -> dict:
@@ -27,22 +50,43 @@ def _audio_form(extra: dict | None = None, required=("audio",)) -> dict:
                             "description": "WAV, FLAC, OGG (MP3 where libsndfile reads it); any rate and channels."}}
     properties.update(extra or {})
     return {"required": True, "content": {"multipart/form-data": {
-        "schema": {"type": "object", "properties": properties, "required": list(required)}}}}
+        "schema": {"type": "object", "properties": properties, "required": list(required),
+                   "additionalProperties": False}}}}
+
+
+def _candidates(description: str) -> dict:
+    return {"type": "array", "items": ROW_ID, "minItems": 1, "maxItems": MAX_CANDIDATES,
+            "description": description}
 
 
 def _json(ref: str, description: str = "OK") -> dict:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
+def _json_object(description: str, properties: dict | None = None) -> dict:
+    schema = {"type": "object", "properties": properties} if properties else {"type": "object"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _query(name: str, schema: dict) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+JOB_ACCEPTED = "#/components/schemas/JobAccepted"
+REGISTRY = "#/components/schemas/Registry"
+DEPLOYMENT = "#/components/schemas/Deployment"
+
+
 def _json_body(properties: dict, required_fields: list, *, body_required: bool = True) -> dict:
     return {"required": body_required, "content": {"application/json": {"schema": {
-        "type": "object", "properties": properties, "required": required_fields}}}}
+        "type": "object", "properties": properties, "required": required_fields, "additionalProperties": False}}}}
 
 
 def openapi_document() -> dict:
     secured = [{"bearerAuth": []}]
-    name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-    speaker_id = {"name": "speaker_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    name_param = {"name": "name", "in": "path", "required": True,
+                  "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": f"^{NAME_PATTERN}$"}}
+    speaker_id = _path_id("speaker_id")
     return {
         "openapi": "3.1.0",
         "info": {"title": "NESSA speaker enrollment and verification", "version": "1.0.0",
@@ -63,13 +107,12 @@ def openapi_document() -> dict:
                     "enrollments": {"type": "array", "items": {"$ref": "#/components/schemas/Enrollment"}},
                     "profiles": {"type": "array", "items": {"type": "object"}}}},
                 "Enrollment": {"type": "object", "properties": {
-                    "id": {"type": "integer"}, "status": {"type": "string",
-                                                          "enum": ["queued", "processing", "done", "failed"]},
-                    "duration_s": {"type": "number"}, "speech_s": {"type": "number"},
+                    "id": {"type": "integer"}, "status": {"type": "string", "enum": list(ENROLLMENT_STATUSES)},
+                    "duration_s": {"type": "number"}, "speech_s": {"type": ["number", "null"]},
                     "audio_sha256": {"type": "string"}, "audio_retained": {"type": "boolean"}}},
                 "Job": {"type": "object", "properties": {
                     "id": {"type": "integer"}, "kind": {"type": "string"},
-                    "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+                    "status": {"type": "string", "enum": list(JOB_STATUSES)},
                     "attempts": {"type": "integer"}, "progress": {"type": ["number", "null"]},
                     "error": {"type": ["string", "null"]}, "result": {"type": ["object", "null"]}}},
                 "Models": {"type": "object", "properties": {
@@ -97,25 +140,40 @@ def openapi_document() -> dict:
                 "Verification": {"type": "object", "properties": {
                     "accepted": {"type": "boolean"}, "score": {"type": "number"}, "threshold": {"type": "number"},
                     "scoring": {"type": "string"}, "models": {"$ref": "#/components/schemas/Models"}}},
+                "JobAccepted": {"type": "object", "required": ["job"], "properties": {
+                    "job": {"$ref": "#/components/schemas/Job"}}},
+                "Deployment": {"type": "object", "description": "A runtime path put in force", "properties": {
+                    "id": {"type": "integer"}, "enrollment_space": {"type": "string"},
+                    "runtime_model": {"type": "string"}, "alignment": {"type": "string"},
+                    "action": {"type": "string"}, "actor": {"type": "string"}, "gate": {"type": ["object", "null"]},
+                    "created_at": {"type": "string", "format": "date-time"}}},
+                "Registry": {"type": "object", "properties": {
+                    "active": {"oneOf": [{"$ref": "#/components/schemas/Deployment"}, {"type": "null"}]},
+                    "models": {"type": "array", "items": {"type": "object"}},
+                    "alignments": {"type": "array", "items": {"type": "object"}}}},
             },
         },
         "paths": {
             "/v1/health": {"get": {"summary": "Liveness and index sizes (no key needed)", "security": [],
-                                   "responses": {"200": {"description": "OK"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],
-                                 "responses": {"200": {"description": "text/plain exposition"}}}},
+                                   "responses": _responses({"200": _json_object("OK")})}},
+            "/v1/openapi.json": {"get": {"summary": "This document (no key needed)", "security": [],
+                                         "responses": _responses({"200": _json_object("OpenAPI 3.1")})}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (no key needed)", "security": [],
+                                 "responses": _responses({"200": {"description": "Prometheus text exposition",
+                                                                  "content": {"text/plain": {"schema": {
+                                                                      "type": "string"}}}}})}},
             "/v1/speakers": {
                 "post": {"summary": "Create a speaker", "security": secured,
-                         "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                             "type": "object", "required": ["name"], "additionalProperties": False,
-                             "properties": {"name": {"type": "string", "maxLength": 200},
-                                            "external_id": {"type": "string", "maxLength": 200}}}}}},
+                         "requestBody": _json_body({"name": TEXT, "external_id": {**TEXT, "type": ["string", "null"]}},
+                                                   ["name"]),
                          "responses": _responses({"201": _json("#/components/schemas/Speaker", "Created")},
-                                                 "400", "401", "403")},
+                                                 "400", "401", "403", "409", "413")},
                 "get": {"summary": "List speakers", "security": secured,
-                        "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}},
-                                       {"name": "offset", "in": "query", "schema": {"type": "integer"}}],
-                        "responses": _responses({"200": {"description": "OK"}}, "400", "401", "403")}},
+                        "parameters": [_query("limit", _integer(1, 1000)), _query("offset", _integer(0, MAX_ID))],
+                        "responses": _responses({"200": _json_object("{speakers, total, limit, offset}", {
+                            "speakers": {"type": "array", "items": {"$ref": "#/components/schemas/Speaker"}},
+                            "total": {"type": "integer"}, "limit": {"type": "integer"},
+                            "offset": {"type": "integer"}})}, "400", "401", "403")}},
             "/v1/speakers/{speaker_id}": {
                 "parameters": [speaker_id],
                 "get": {"summary": "Get a speaker", "security": secured,
@@ -127,123 +185,128 @@ def openapi_document() -> dict:
                 "parameters": [speaker_id],
                 "post": {"summary": "Add enrollment audio (embedded by a background job)", "security": secured,
                          "requestBody": _audio_form(),
-                         "responses": _responses({"202": {"description": "Accepted; poll the job",
-                                                          "content": {"application/json": {"schema": {
-                                                              "type": "object", "properties": {
-                                                                  "job": {"$ref": "#/components/schemas/Job"},
-                                                                  "enrollment": {"$ref": "#/components/schemas/Enrollment"}}}}}}},
-                                                 "400", "401", "403", "404", "413", "422")}},
+                         "responses": _responses({"202": _json_object("Accepted; poll the job", {
+                             "job": {"$ref": "#/components/schemas/Job"},
+                             "enrollment": {"$ref": "#/components/schemas/Enrollment"}})},
+                             "400", "401", "403", "404", "413", "422")}},
             "/v1/jobs/{job_id}": {
-                "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "parameters": [_path_id("job_id")],
                 "get": {"summary": "Job status; only for the key that created the job and admin keys "
                                    "(any other key gets 404)", "security": secured,
                         "responses": _responses({"200": _json("#/components/schemas/Job")}, "401", "403", "404")}},
             "/v1/identify": {
                 "post": {"summary": "Who is speaking? (open set: speaker null when unknown)", "security": secured,
-                         "requestBody": _audio_form({
-                             "top_k": {"type": "integer", "minimum": 1, "maximum": 100},
-                             "candidates": {"type": "array", "items": {"type": "integer"},
-                                            "description": "restrict to these speaker ids"}}),
+                         "requestBody": _audio_form({"top_k": _integer(1, 100),
+                                                     "candidates": _candidates("restrict to these speaker ids")}),
                          "responses": _responses({"200": _json("#/components/schemas/Identification")},
                                                  "400", "401", "403", "404", "413", "422")}},
             "/v1/verify": {
                 "post": {"summary": "Is this the claimed speaker?", "security": secured,
-                         "requestBody": _audio_form({"speaker_id": {"type": "integer"}}, ("audio", "speaker_id")),
+                         "requestBody": _audio_form({"speaker_id": ROW_ID}, ("audio", "speaker_id")),
                          "responses": _responses({"200": _json("#/components/schemas/Verification")},
-                                                 "400", "401", "403", "404", "413", "422")}},
+                                                 "400", "401", "403", "404", "409", "413", "422")}},
             "/v1/diarize": {
                 "post": {"summary": "Who spoke when, with speakers named against the gallery (unknown-N otherwise)",
                          "security": secured,
-                         "parameters": [{"name": "format", "in": "query",
-                                         "schema": {"type": "string", "enum": ["json", "rttm"]}}],
+                         "parameters": [_query("format", {"type": "string", "enum": ["json", "rttm"]})],
                          "requestBody": _audio_form({
-                             "candidates": {"type": "array", "items": {"type": "integer"}},
-                             "num_speakers": {"type": "integer"}, "min_speakers": {"type": "integer"},
-                             "max_speakers": {"type": "integer"}}),
+                             "candidates": _candidates("name speakers only among these ids"),
+                             "num_speakers": _integer(1, 100), "min_speakers": _integer(1, 100),
+                             "max_speakers": _integer(1, 100)}),
                          "responses": _responses({
-                             "200": {"description": "segments [{start, end, label, speaker, score}] and speakers"},
-                             "202": {"description": "long recording: a job; the same result at /v1/jobs/{id}"}},
+                             "200": {"description": "segments [{start, end, label, speaker, score}] and speakers "
+                                                    "(JSON), or RTTM with format=rttm",
+                                     "content": {"application/json": {"schema": {"type": "object"}},
+                                                 "text/plain": {"schema": {"type": "string"}}}},
+                             "202": _json(JOB_ACCEPTED, "long recording: a job; the same result at /v1/jobs/{id}")},
                              "400", "401", "403", "404", "413", "422")}},
             "/v1/keys": {
                 "post": {"summary": "Create an API key (admin)", "security": secured,
-                         "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                             "type": "object", "required": ["scopes"],
-                             "properties": {"name": {"type": "string"},
-                                            "scopes": {"type": "array", "items": {
-                                                "type": "string", "enum": ["enroll", "identify", "admin"]}},
-                                            "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650},
-                                            "expires_at": {"type": "string", "format": "date-time",
-                                                           "description": "with a time zone; not with "
-                                                                          "expires_in_days"}}}}}},
+                         "requestBody": _json_body({
+                             "name": TEXT,
+                             "scopes": {"type": "array", "minItems": 1,
+                                        "items": {"type": "string", "enum": ["enroll", "identify", "admin"]}},
+                             "expires_in_days": _integer(1, 3650),
+                             "expires_at": {"type": "string", "format": "date-time",
+                                            "description": "with a time zone; not with expires_in_days"}},
+                             ["scopes"]),
                          "responses": _responses({"201": _json("#/components/schemas/ApiKey",
                                                                "Created; the key is shown once, in `key`")},
-                                                 "400", "401", "403")},
+                                                 "400", "401", "403", "413")},
                 "get": {"summary": "Every API key with its state, last use and expiry (admin)", "security": secured,
-                        "responses": _responses({"200": {"description": "OK", "content": {"application/json": {
-                            "schema": {"type": "object", "properties": {"keys": {
-                                "type": "array", "items": {"$ref": "#/components/schemas/ApiKey"}}}}}}}},
-                            "401", "403")}},
+                        "responses": _responses({"200": _json_object("OK", {"keys": {
+                            "type": "array", "items": {"$ref": "#/components/schemas/ApiKey"}}})}, "401", "403")}},
             "/v1/keys/{key_id}": {
-                "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "parameters": [_path_id("key_id")],
                 "delete": {"summary": "Revoke an API key (admin); revoking again is fine. The last active admin "
                                       "key cannot be revoked here (409 last_admin_key; the CLI can)",
                            "security": secured,
                            "responses": _responses({"204": {"description": "Revoked"}}, "401", "403", "404", "409")}},
             "/v1/alignments": {
                 "get": {"summary": "Registered alignment artifacts", "security": secured,
-                        "responses": _responses({"200": {"description": "OK"}}, "401", "403")},
+                        "responses": _responses({"200": _json_object("OK", {"alignments": {
+                            "type": "array", "items": {"type": "object"}}})}, "401", "403")},
                 "post": {"summary": "Register an alignment artifact directory (admin)", "security": secured,
-                         "requestBody": _json_body({"path": {"type": "string"}}, ["path"]),
-                         "responses": _responses({"201": {"description": "Registered"}},
-                                                 "400", "401", "403", "404", "409")}},
+                         "requestBody": _json_body({"path": TEXT}, ["path"]),
+                         "responses": _responses({"201": _json_object("Registered", {
+                             "name": {"type": "string"}, "state": {"type": "string"}})},
+                             "400", "401", "403", "404", "409", "413")}},
             "/v1/alignments/{name}/evaluate": {
                 "post": {"summary": "Measure an alignment's path against the path in force, same trials (admin)",
                          "security": secured, "parameters": [name_param],
-                         "requestBody": _json_body({"eval_dir": {"type": "string"}, "n_enroll": {"type": "integer"},
-                                                    "max_speakers": {"type": "integer"},
-                                                    "max_queries": {"type": "integer"},
-                                                    "crops": {"type": "array", "items": {"type": "number"}},
-                                                    "tolerance_eer_points": {"type": "number"},
-                                                    "tolerance_top1_points": {"type": "number"}}, [], body_required=False),
-                         "responses": _responses({"202": {"description": "A job; its result is the evaluation"}},
-                                                 "400", "401", "403", "404")}},
+                         "requestBody": _json_body({"eval_dir": TEXT, "n_enroll": _integer(1, 20),
+                                                    "max_speakers": _integer(1, 100000),
+                                                    "max_queries": _integer(1, 1000),
+                                                    "crops": {"type": "array", "maxItems": 5, "items": {
+                                                        "type": "number", "minimum": 0.5, "maximum": 30}},
+                                                    "tolerance_eer_points": {"type": "number", "minimum": 0},
+                                                    "tolerance_top1_points": {"type": "number", "minimum": 0}},
+                                                   [], body_required=False),
+                         "responses": _responses({"202": _json(JOB_ACCEPTED, "A job; its result is the evaluation")},
+                                                 "400", "401", "403", "404", "409", "413")}},
             "/v1/alignments/{name}/retire": {
                 "post": {"summary": "Retire an alignment that is not in force (admin)", "security": secured,
                          "parameters": [name_param],
-                         "responses": _responses({"200": {"description": "The registry"}}, "401", "403", "404", "409")}},
+                         "responses": _responses({"200": _json(REGISTRY, "The registry")}, "401", "403", "404",
+                                                 "409")}},
             "/v1/models": {
                 "get": {"summary": "The runtime path in force, model versions and alignments with their states",
                         "security": secured,
-                        "responses": _responses({"200": {"description": "{active, models, alignments}"}}, "401", "403")},
+                        "responses": _responses({"200": _json(REGISTRY)}, "401", "403")},
                 "post": {"summary": "Register an installed model version (admin)", "security": secured,
-                         "requestBody": _json_body({"name": {"type": "string"}}, ["name"]),
-                         "responses": _responses({"201": {"description": "Registered"}}, "400", "401", "403", "404",
-                                                 "409")}},
+                         "requestBody": _json_body({"name": TEXT}, ["name"]),
+                         "responses": _responses({"201": _json(REGISTRY, "Registered")}, "400", "401", "403", "404",
+                                                 "409", "413")}},
             "/v1/models/history": {
                 "get": {"summary": "Deployments and the registry's audit log (admin)", "security": secured,
-                        "responses": _responses({"200": {"description": "{deployments, events}"}}, "401", "403")}},
+                        "parameters": [_query("limit", _integer(1, 1000))],
+                        "responses": _responses({"200": _json_object("{deployments, events}", {
+                            "deployments": {"type": "array", "items": {"$ref": DEPLOYMENT}},
+                            "events": {"type": "array", "items": {"type": "object"}}})}, "400", "401", "403")}},
             "/v1/models/{name}/reembed": {
                 "post": {"summary": "Re-embed every retained enrollment with a model, in background jobs (admin)",
                          "security": secured, "parameters": [name_param],
-                         "requestBody": _json_body({"bridge": {"type": "string", "description":
+                         "requestBody": _json_body({"bridge": {**TEXT, "description":
                                                                "alignment for enrollments without retained audio"}},
                                                    [], body_required=False),
-                         "responses": _responses({"202": {"description": "The parent job; progress at /v1/jobs/{id}"}},
-                                                 "400", "401", "403", "404", "409")}},
+                         "responses": _responses({"202": _json(JOB_ACCEPTED, "The parent job; progress at "
+                                                                             "/v1/jobs/{id}")},
+                                                 "400", "401", "403", "404", "409", "413")}},
             "/v1/models/{name}/retire": {
                 "post": {"summary": "Retire a model version not in force; its space's vectors are deleted (admin)",
                          "security": secured, "parameters": [name_param],
-                         "responses": _responses({"200": {"description": "The registry"}}, "401", "403", "404", "409")}},
+                         "responses": _responses({"200": _json(REGISTRY, "The registry")}, "401", "403", "404",
+                                                 "409")}},
             "/v1/deployments": {
                 "post": {"summary": "Put an alignment's runtime path in force, gated by its evaluation (admin)",
                          "security": secured,
-                         "requestBody": _json_body({"alignment": {"type": "string"}, "force": {"type": "boolean"}},
-                                                   ["alignment"]),
-                         "responses": _responses({"201": {"description": "The new deployment"}},
-                                                 "400", "401", "403", "404", "409")}},
+                         "requestBody": _json_body({"alignment": TEXT, "force": {"type": "boolean"}}, ["alignment"]),
+                         "responses": _responses({"201": _json(DEPLOYMENT, "The new deployment")},
+                                                 "400", "401", "403", "404", "409", "413")}},
             "/v1/deployments/rollback": {
                 "post": {"summary": "Go back to the path in force before the current one (admin)",
                          "security": secured,
-                         "responses": _responses({"201": {"description": "The new deployment"}}, "401", "403", "409")}},
+                         "responses": _responses({"201": _json(DEPLOYMENT, "The new deployment")}, "401", "403",
+                                                 "409")}},
         },
     }

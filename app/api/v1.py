@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import auth, jobs, models
+from app.api.inputs import MAX_CANDIDATES, MAX_ID, as_int, parse_json, text_field
 from app.auth import current_actor, current_key_id, require_any_key, require_scope
 from app.errors import ApiError, bad_request
 from app.openapi import openapi_document
@@ -28,10 +28,7 @@ def _json_body(allowed: set[str], required: set[str]) -> dict:
     if not request.is_json:
         raise bad_request("invalid_content_type", "Send a JSON body with Content-Type: application/json.",
                           content_type=request.content_type)
-    try:
-        body = json.loads(raw or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request("invalid_json", "The request body is not valid JSON.", error=str(exc))
+    body = parse_json(raw or b"")
     if not isinstance(body, dict):
         raise bad_request("invalid_json", "The JSON body must be an object.", type=type(body).__name__)
     unknown = sorted(set(body) - allowed)
@@ -46,6 +43,9 @@ def _form_fields(allowed_fields: set[str], allowed_files: set[str], required_fil
     if not request.mimetype or not request.mimetype.startswith("multipart/form-data"):
         raise bad_request("invalid_content_type", "Send multipart/form-data with the audio in the 'audio' field.",
                           content_type=request.content_type)
+    if None in request.form or None in request.files:
+        raise bad_request("invalid_multipart", "Every part of a multipart body needs a name "
+                          "(Content-Disposition: form-data; name=...).")
     unknown = sorted((set(request.form) - allowed_fields) | (set(request.files) - allowed_files))
     missing = sorted(required_files - set(request.files))
     if unknown or missing:
@@ -54,9 +54,8 @@ def _form_fields(allowed_fields: set[str], allowed_files: set[str], required_fil
 
 
 def _int_field(name: str, value, *, minimum: int = 1, maximum: int | None = None) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
+    number = as_int(value)
+    if number is None:
         raise bad_request("invalid_field", f"'{name}' must be an integer.", field=name, value=value)
     if number < minimum or (maximum is not None and number > maximum):
         raise bad_request("invalid_field", f"'{name}' must be between {minimum} and {maximum}.",
@@ -73,14 +72,14 @@ def _candidate_ids() -> list[int] | None:
     for value in values:
         value = value.strip()
         if value.startswith("["):
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                raise bad_request("invalid_field", "'candidates' is not a valid JSON array.", field="candidates")
+            parsed = parse_json(value, "candidates")
             items.extend(parsed if isinstance(parsed, list) else [parsed])
         else:
             items.extend(v for v in value.split(",") if v.strip())
-    ids = [_int_field("candidates", item) for item in items]
+        if len(items) > MAX_CANDIDATES:
+            raise bad_request("invalid_field", f"'candidates' holds at most {MAX_CANDIDATES} ids.",
+                              field="candidates")
+    ids = [_int_field("candidates", item, maximum=MAX_ID) for item in items]
     if not ids:
         raise bad_request("invalid_field", "'candidates' is empty.", field="candidates")
     return ids
@@ -121,14 +120,11 @@ def openapi():
 @require_scope("enroll")
 def create_speaker():
     body = _json_body({"name", "external_id"}, {"name"})
-    name, external_id = body["name"], body.get("external_id")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        raise bad_request("invalid_field", "'name' must be a non-empty string of at most 200 characters.", field="name")
-    if external_id is not None and (not isinstance(external_id, str) or not external_id or len(external_id) > 200):
-        raise bad_request("invalid_field", "'external_id' must be a string of 1-200 characters.", field="external_id")
+    name = text_field(body["name"], "name", strip=True)
+    external_id = text_field(body["external_id"], "external_id") if body.get("external_id") is not None else None
     services = _services()
     with services.session() as session:
-        speaker = speaker_service.create_speaker(session, name=name.strip(), external_id=external_id)
+        speaker = speaker_service.create_speaker(session, name=name, external_id=external_id)
         session.commit()
         body = speaker_service.speaker_to_dict(session, speaker)
     return jsonify(body), 201, {"Location": f"/v1/speakers/{body['id']}"}
@@ -138,7 +134,7 @@ def create_speaker():
 @require_scope("enroll")
 def list_speakers():
     limit = _int_field("limit", request.args.get("limit", 100), maximum=1000)
-    offset = _int_field("offset", request.args.get("offset", 0), minimum=0)
+    offset = _int_field("offset", request.args.get("offset", 0), minimum=0, maximum=MAX_ID)
     services = _services()
     with services.session() as session:
         total = session.scalar(sa.select(sa.func.count(models.Speaker.id)))
@@ -147,7 +143,7 @@ def list_speakers():
     return jsonify({"speakers": items, "total": total, "limit": limit, "offset": offset})
 
 
-@bp.get("/v1/speakers/<int:speaker_id>")
+@bp.get("/v1/speakers/<id:speaker_id>")
 @require_scope("enroll")
 def get_speaker(speaker_id: int):
     services = _services()
@@ -155,7 +151,7 @@ def get_speaker(speaker_id: int):
         return jsonify(speaker_service.speaker_to_dict(session, speaker_service.get_speaker(session, speaker_id)))
 
 
-@bp.delete("/v1/speakers/<int:speaker_id>")
+@bp.delete("/v1/speakers/<id:speaker_id>")
 @require_scope("enroll")
 def delete_speaker(speaker_id: int):
     services = _services()
@@ -168,7 +164,7 @@ def delete_speaker(speaker_id: int):
     return "", 204
 
 
-@bp.post("/v1/speakers/<int:speaker_id>/enrollments")
+@bp.post("/v1/speakers/<id:speaker_id>/enrollments")
 @require_scope("enroll")
 def enroll(speaker_id: int):
     services = _services()
@@ -200,7 +196,7 @@ def _readable_by_this_key(job: models.Job) -> bool:
                                            and job.created_by_key_id == current_key_id())
 
 
-@bp.get("/v1/jobs/<int:job_id>")
+@bp.get("/v1/jobs/<id:job_id>")
 @require_any_key
 def get_job(job_id: int):
     services = _services()
@@ -237,7 +233,7 @@ def verify():
     _form_fields({"speaker_id"}, {"audio"}, {"audio"})
     if "speaker_id" not in request.form:
         raise bad_request("invalid_fields", "Missing form field 'speaker_id'.", missing=["speaker_id"])
-    speaker_id = _int_field("speaker_id", request.form["speaker_id"])
+    speaker_id = _int_field("speaker_id", request.form["speaker_id"], maximum=MAX_ID)
     result = recognition.verify(_services(), _audio_bytes(), speaker_id=speaker_id)
     _observe_embedding(result)
     return jsonify(result)
@@ -297,9 +293,10 @@ def create_key():
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         raise bad_request("invalid_field", "'scopes' must be a list of strings.", field="scopes")
     expires_at = _key_expiry(body)
+    name = text_field(body["name"], "name", strip=True) if body.get("name") else "api"
     services = _services()
     with services.session() as session:
-        key, row = auth.create_api_key(session, name=str(body.get("name") or "api"), scopes=scopes,
+        key, row = auth.create_api_key(session, name=name, scopes=scopes,
                                        expires_at=expires_at)
         session.commit()
         return jsonify({**auth.key_to_dict(row), "key": key}), 201
@@ -312,7 +309,7 @@ def list_keys():
         return jsonify({"keys": [auth.key_to_dict(row) for row in auth.list_api_keys(session)]})
 
 
-@bp.delete("/v1/keys/<int:key_id>")
+@bp.delete("/v1/keys/<id:key_id>")
 @require_scope("admin")
 def revoke_key(key_id: int):
     with _services().session() as session:
@@ -330,10 +327,7 @@ def list_alignments():
 
 # -- model registry ------------------------------------------------------------------
 def _name_field(body: dict, field: str) -> str:
-    value = body.get(field)
-    if not isinstance(value, str) or not value.strip() or len(value) > 200:
-        raise bad_request("invalid_field", f"'{field}' must be a non-empty string.", field=field)
-    return value.strip()
+    return text_field(body.get(field), field, strip=True)
 
 
 def _bool_field(body: dict, field: str) -> bool:
@@ -368,7 +362,7 @@ def register_model():
         return jsonify(registry.models_overview(session)), 201
 
 
-@bp.post("/v1/models/<name>/retire")
+@bp.post("/v1/models/<name:name>/retire")
 @require_scope("admin")
 def retire_model(name: str):
     services = _services()
@@ -380,7 +374,7 @@ def retire_model(name: str):
     return jsonify(body)
 
 
-@bp.post("/v1/models/<name>/reembed")
+@bp.post("/v1/models/<name:name>/reembed")
 @require_scope("admin")
 def reembed_model(name: str):
     from app.services.reembed import start_reembed
@@ -404,7 +398,7 @@ def register_alignment():
                         "target_version": row.target_version, "sha256": row.sha256}), 201
 
 
-@bp.post("/v1/alignments/<name>/evaluate")
+@bp.post("/v1/alignments/<name:name>/evaluate")
 @require_scope("admin")
 def evaluate_alignment(name: str):
     from app.services.model_jobs import submit_evaluation
@@ -434,7 +428,7 @@ def evaluate_alignment(name: str):
     return jsonify({"job": _job_to_dict(job)}), 202, {"Location": f"/v1/jobs/{job.id}"}
 
 
-@bp.post("/v1/alignments/<name>/retire")
+@bp.post("/v1/alignments/<name:name>/retire")
 @require_scope("admin")
 def retire_alignment(name: str):
     with _services().session() as session:
