@@ -19,6 +19,30 @@ POSTGRES_BASE_URL = os.environ.get(
     "NESSA_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+def hide_speechbrain_placeholders() -> dict:
+    """Remove speechbrain's unloaded placeholders for optional integrations (flair, k2,
+    transformers: not installed) from sys.modules and return them. Hypothesis scans every
+    module in sys.modules with getattr(module, "__file__", None), at collection and while
+    fuzzing; those placeholders raise ImportError there instead of AttributeError
+    (speechbrain issue #2995), which breaks the whole run once any test imported speechbrain."""
+    import sys
+
+    if "speechbrain" not in sys.modules:
+        return {}
+    from speechbrain.utils.importutils import LazyModule
+
+    hidden = {name: module for name, module in sys.modules.items()
+              if isinstance(module, LazyModule) and module.lazy_module is None}
+    for name in hidden:
+        del sys.modules[name]
+    return hidden
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    hide_speechbrain_placeholders()  # before hypothesis' own hook scans sys.modules
+
+
 def requires_shared_data(*parts: str) -> pathlib.Path:
     """Return ../shared/data/<parts> or skip the test with a clear message."""
     path = SHARED_DATA.joinpath(*parts)

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.openapi import openapi_document
-from tests.conftest import ServiceHarness, fresh_database, make_settings
+from tests.conftest import ServiceHarness, fresh_database, hide_speechbrain_placeholders, make_settings
 
 pytestmark = pytest.mark.fuzz
 
@@ -43,19 +43,11 @@ schema.config.generation.update(modes=["positive", "negative"], max_examples=EXA
 
 @pytest.fixture(scope="module")
 def lazy_module_proxies_hidden():
-    """Hypothesis looks for constants in every module in sys.modules with
-    getattr(module, "__file__", None); speechbrain's placeholders for optional integrations
-    (flair, k2, transformers: not installed) raise ImportError there instead of
-    AttributeError (speechbrain issue #2995), which would fail whichever case comes after
-    the first import of speechbrain (nessa.metrics, behind the evaluate route). Keep the
-    unloaded placeholders out of sys.modules while fuzzing."""
+    """See tests/conftest.py hide_speechbrain_placeholders: speechbrain is imported now
+    (behind the evaluate route it would be mid-run) and its placeholders kept out of sys.modules."""
     import speechbrain  # noqa: F401  (creates the placeholders now, not mid-run)
-    from speechbrain.utils.importutils import LazyModule
 
-    hidden = {name: module for name, module in sys.modules.items()
-              if isinstance(module, LazyModule) and module.lazy_module is None}
-    for name in hidden:
-        del sys.modules[name]
+    hidden = hide_speechbrain_placeholders()
     yield
     sys.modules.update(hidden)
 
