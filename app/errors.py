@@ -20,7 +20,9 @@ def bounded(value: Any, depth: int = 0) -> Any:
     deep structures dropped, so what a client sent is never reflected back in full."""
     if isinstance(value, str):
         return clip(value)
-    if depth >= 3:
+    # deep enough for the gate's figures (candidate.conditions.full.eer); client JSON is
+    # itself bounded to 16 levels
+    if depth >= 6:
         return "..." if isinstance(value, (dict, list, tuple)) else value
     if isinstance(value, dict):
         return {bounded(k): bounded(v, depth + 1) for k, v in itertools.islice(value.items(), ECHO_ITEMS)}
