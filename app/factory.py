@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.errors import ApiError
 from app.metrics import Metrics, method_label
+from app.serving import MULTIPART_ALLOWANCE_BYTES
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ def create_app(settings: Settings | None = None, *, services=None, start_worker:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     # Leave room for multipart framing; the exact audio limit is checked by the service.
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + 64 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + MULTIPART_ALLOWANCE_BYTES
     app.json.sort_keys = False
     services = services or Services(settings)
     app.extensions["nessa"] = services
