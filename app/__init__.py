@@ -4,7 +4,7 @@
 def __getattr__(name):
     # Lazy, so that `import app.jobs` (workers, CLI) does not load Flask and the web layer.
     if name == "create_app":
-        from app.factory import create_app
+        from app.web.factory import create_app
 
         return create_app
     raise AttributeError(name)

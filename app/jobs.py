@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import Job, utcnow
+from app.store.models import Job, utcnow
 
 log = logging.getLogger(__name__)
 

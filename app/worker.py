@@ -93,7 +93,7 @@ def run_pending(services, *, worker_id: str, wait: bool = False, timeout_s: floa
 
     import sqlalchemy as sa
 
-    from app import models
+    from app.store import models
 
     worker = build_worker(services, worker_id=worker_id)
     done, deadline = 0, time.monotonic() + timeout_s

@@ -1,4 +1,4 @@
-"""FAISS benchmark: exact ("Flat") against one approximate index, through app.vector_index.
+"""FAISS benchmark: exact ("Flat") against one approximate index, through vectorindex.
 
     .venv/bin/python -m bench.faiss_bench [--sizes 10000 100000 1000000] [--dim 192]
                                           [--approx "IVF1024,Flat"] [--approx-params "nprobe=32"]
@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import faiss
 import numpy as np
 
-from app.vector_index import VectorIndex
+from vectorindex import VectorIndex
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 DEFAULT_DIM = 192

@@ -30,7 +30,7 @@ def run(n_queries: int = 60, crop_seconds: float = 3.0, shared_data: pathlib.Pat
     import faiss
     import torch
 
-    from app import db
+    from app.store import db
     from app.services import recognition
     from app.services.container import Services
     from app.services.enrollment import submit_enrollment

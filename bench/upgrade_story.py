@@ -35,8 +35,9 @@ N_ENROLL = 3
 
 class Api:
     def __init__(self, settings):
-        from app import create_app, db
-        from app.auth import create_api_key
+        from app import create_app
+        from app.store import db
+        from app.web.auth import create_api_key
         from app.services.container import Services
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)

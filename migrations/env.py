@@ -1,7 +1,7 @@
-"""Alembic environment for app.models.
+"""Alembic environment for app.store.models.
 
 The database URL comes, in order, from: the Config attribute ``database_url`` (set by
-app.db.alembic_config), ``alembic -x url=...``, ``sqlalchemy.url`` in alembic.ini, and
+app.store.db.alembic_config), ``alembic -x url=...``, ``sqlalchemy.url`` in alembic.ini, and
 finally the service settings (NESSA_DATABASE_URL or the embedded SQLite default).
 A caller may also hand over an open connection as the Config attribute ``connection``.
 """
@@ -12,8 +12,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.pool import NullPool
 
-from app import db
-from app.models import Base
+from app.store import db
+from app.store.models import Base
 
 config = context.config
 if config.config_file_name is not None:

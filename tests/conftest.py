@@ -147,7 +147,7 @@ def database_url(tmp_path, test_database_kind):
 @pytest.fixture
 def session_factory(database_url):
     """A session factory on a fresh database migrated to head."""
-    from app import db
+    from app.store import db
 
     db.upgrade(database_url)
     engine = db.make_engine(database_url)
@@ -160,8 +160,9 @@ class ServiceHarness:
     """A real app (real database, models, index) plus keys and helpers for tests."""
 
     def __init__(self, settings):
-        from app import create_app, db
-        from app.auth import create_api_key
+        from app import create_app
+        from app.store import db
+        from app.web.auth import create_api_key
         from app.services.container import Services
 
         db.upgrade(settings.resolved_database_url)

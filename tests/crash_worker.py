@@ -14,7 +14,7 @@ import pathlib
 import sys
 import time
 
-from app.db import make_engine, make_session_factory
+from app.store.db import make_engine, make_session_factory
 from app.jobs import JobContext, Worker
 
 KIND = "crash-test"

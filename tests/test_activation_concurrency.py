@@ -8,7 +8,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from app import models
+from app.store import models
 from tests.conftest import requires_shared_data
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]

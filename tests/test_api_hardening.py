@@ -12,7 +12,7 @@ import logging
 import pytest
 from werkzeug.routing import IntegerConverter
 
-from app.api.inputs import MAX_ID, MAX_JSON_BYTES, IdConverter
+from app.web.inputs import MAX_ID, MAX_JSON_BYTES, IdConverter
 
 TOO_BIG_IDS = [MAX_ID + 1, 2**63, 10**30]
 
@@ -171,7 +171,7 @@ def test_a_500_names_no_exception_but_a_request_id_found_in_the_log(harness, mon
         raise KeyError("internal detail /secret/path")
 
     monkeypatch.setattr("app.services.speakers.get_speaker", broken)
-    with caplog.at_level(logging.ERROR, logger="app.factory"):
+    with caplog.at_level(logging.ERROR, logger="app.web.factory"):
         response = harness.client.get("/v1/speakers/1", headers=harness.headers("enroll"))
     body = _assert_error(response, 500, "internal_error")
     text = response.get_data(as_text=True)

@@ -35,8 +35,8 @@ def test_db_upgrade_then_keys(tmp_path, database_url):
     listed = run_nessa(["keys", "list"], database_url, tmp_path).stdout
     assert key[:12] in listed and "enroll,identify" in listed
 
-    from app import db, models
-    from app.auth import hash_key
+    from app.store import db, models
+    from app.web.auth import hash_key
 
     engine = db.make_engine(database_url)
     with db.make_session_factory(engine)() as session:

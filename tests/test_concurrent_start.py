@@ -23,7 +23,7 @@ STAY_UP_SECONDS = 4
 
 
 def _registry_counts(database_url: str) -> dict:
-    from app import db, models
+    from app.store import db, models
 
     engine = db.make_engine(database_url)
     try:
@@ -49,7 +49,7 @@ def _assert_one_of_each(counts: dict) -> None:
 
 
 def test_services_built_in_many_threads_at_once_bootstrap_once(tmp_path, database_url):
-    from app import db
+    from app.store import db
     from app.services.container import Services
 
     db.upgrade(database_url)

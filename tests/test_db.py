@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from app import db, models
+from app.store import db, models
 
 APP_TABLES = {
     "speakers", "enrollments", "model_versions", "embeddings", "profiles",

@@ -25,7 +25,7 @@ def _nessa_worker(settings, log_path):
 
 
 def _job(harness, job_id):
-    from app import models
+    from app.store import models
 
     with harness.services.session() as session:
         job = session.get(models.Job, job_id)
@@ -70,7 +70,7 @@ def test_sigkilled_worker_loses_no_enrollment(tmp_path, database_url):
         speaker = harness.client.get(f"/v1/speakers/{speaker_id}", headers=harness.headers("enroll")).get_json()
         assert [e["status"] for e in speaker["enrollments"]] == ["done"]
         assert {p["space"] for p in speaker["profiles"]} == {"campplus-192", "ge2e-256"}
-        from app import models
+        from app.store import models
 
         with harness.services.session() as session:
             count = session.scalar(sa.select(sa.func.count()).select_from(models.Embedding))

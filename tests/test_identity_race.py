@@ -56,8 +56,8 @@ def _verify(harness, path: pathlib.Path, speaker_id: int) -> dict:
 
 
 def _stored_vectors(harness, enrollment_id: int) -> dict[str, np.ndarray]:
-    from app import models
-    from app.db import FloatVector
+    from app.store import models
+    from app.store.db import FloatVector
 
     with harness.services.session() as session:
         rows = session.scalars(sa.select(models.Embedding).filter_by(enrollment_id=enrollment_id)).all()
@@ -136,7 +136,7 @@ def _job_paused_after_embedding(harness):
 
 # -- ids ---------------------------------------------------------------------------------
 def test_ids_are_never_reused_after_deleting_the_newest(harness):
-    from app import models
+    from app.store import models
 
     audio, _ = _utterances(_speaker_pairs()[0][0])
     first = harness.create_speaker("first")
@@ -156,7 +156,7 @@ def test_ids_are_never_reused_after_deleting_the_newest(harness):
 
 # -- the race of the issue -----------------------------------------------------------------
 def test_deleting_a_speaker_while_its_job_runs_never_gives_its_voice_to_a_new_speaker(harness):
-    from app import models
+    from app.store import models
 
     for a_speaker, b_speaker in _speaker_pairs():
         a_audio, _ = _utterances(a_speaker)
@@ -190,7 +190,7 @@ def test_deleting_a_speaker_while_its_job_runs_never_gives_its_voice_to_a_new_sp
 def test_a_job_whose_enrollment_was_replaced_while_embedding_stores_nothing(harness):
     """The id alone is not trusted: if the row under the job's id is no longer the
     enrollment it was created for (other uuid and audio), the job drops its results."""
-    from app import models
+    from app.store import models
 
     audio, _ = _utterances(_speaker_pairs()[0][0])
     speaker_id = harness.create_speaker("replaced")
@@ -209,7 +209,7 @@ def test_a_job_whose_enrollment_was_replaced_while_embedding_stores_nothing(harn
 
 def test_a_job_queued_before_enrollments_had_uuids_still_runs(harness):
     """Jobs queued before migration 0003 name their enrollment by id only."""
-    from app import models
+    from app.store import models
 
     audio, _ = _utterances(_speaker_pairs()[0][0])
     speaker_id = harness.create_speaker("legacy")
@@ -229,7 +229,7 @@ def test_a_delete_during_the_final_write_waits_for_it_then_removes_everything(ha
     """The final write holds the enrollment from its last check to its commit (PostgreSQL:
     a row lock; SQLite: the write lock): a delete arriving in between waits, then removes
     what the job wrote."""
-    from app import models
+    from app.store import models
     from app.services import enrollment
 
     first, second = _utterances(_speaker_pairs()[0][0])
@@ -282,7 +282,7 @@ class _BatchContext:
 
 def _enrolled_without(harness, space: str) -> int:
     """A completed enrollment whose vector in `space` was removed, as before a re-embedding."""
-    from app import models
+    from app.store import models
 
     audio, _ = _utterances(_speaker_pairs()[0][0])
     submitted = _enroll(harness, harness.create_speaker("re-embedded"), audio)
@@ -295,7 +295,7 @@ def _enrolled_without(harness, space: str) -> int:
 
 
 def _replace_enrollment(harness, enrollment_id: int) -> None:
-    from app import models
+    from app.store import models
 
     with harness.services.session() as session:
         session.execute(sa.update(models.Enrollment).where(models.Enrollment.id == enrollment_id)
@@ -304,7 +304,7 @@ def _replace_enrollment(harness, enrollment_id: int) -> None:
 
 
 def test_reembedding_writes_only_for_the_enrollments_it_was_created_for(harness):
-    from app import models
+    from app.store import models
     from app.services.enrollment import job_subject
     from app.services.reembed import process_reembed_batch
 

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.data]
 @pytest.fixture
 def service(tmp_path, database_url):
     """The harness with a second key of each scope; long recordings are diarized in jobs."""
-    from app.auth import create_api_key
+    from app.web.auth import create_api_key
 
     harness = ServiceHarness(make_settings(tmp_path, database_url, diarize_inline_max_seconds=1.0))
     with harness.services.session() as session:
@@ -33,15 +33,15 @@ def _get_job(harness, job_id: int, key: str):
 
 
 def _creator(harness, job_id: int) -> int | None:
-    from app import models
+    from app.store import models
 
     with harness.services.session() as session:
         return session.get(models.Job, job_id).created_by_key_id
 
 
 def _key_id(harness, key: str) -> int:
-    from app import models
-    from app.auth import hash_key
+    from app.store import models
+    from app.web.auth import hash_key
 
     with harness.services.session() as session:
         return session.query(models.ApiKey).filter_by(key_hash=hash_key(harness.keys[key])).one().id

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import jobs
-from app.models import Job, utcnow
+from app.store.models import Job, utcnow
 
 CRASH_WORKER = pathlib.Path(__file__).with_name("crash_worker.py")
 

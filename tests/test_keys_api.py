@@ -31,7 +31,7 @@ def _listed(harness) -> dict[int, dict]:
 
 
 def _set_key(harness, key_id: int, **values) -> None:
-    from app import models
+    from app.store import models
 
     with harness.services.session() as session:
         session.execute(sa.update(models.ApiKey).where(models.ApiKey.id == key_id).values(**values))
@@ -161,7 +161,7 @@ def test_two_admins_revoking_each_other_at_once_leave_one_admin(harness):
 
 
 def _active_admin_keys(harness) -> int:
-    from app import auth
+    from app.web import auth
 
     with harness.services.session() as session:
         return sum(1 for row in auth.list_api_keys(session)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from app import models
+from app.store import models
 from tests.conftest import REPO_ROOT, ServiceHarness, make_settings, requires_shared_data
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.openapi import openapi_document
+from app.web.openapi import openapi_document
 from tests.conftest import ServiceHarness, fresh_database, hide_speechbrain_placeholders, make_settings
 
 pytestmark = pytest.mark.fuzz
@@ -77,7 +77,7 @@ def test_every_operation_answers_as_documented(case, fuzz_harness):
 def _keep_the_admin_key(harness) -> None:
     """Fuzzed `DELETE /v1/keys/{id}` may revoke the key the fuzzer itself uses (once other
     admin keys exist); un-revoke it so every later case is still authenticated."""
-    from app.models import ApiKey
+    from app.store.models import ApiKey
 
     with harness.services.session() as session:
         session.execute(sa.update(ApiKey).where(ApiKey.revoked_at.is_not(None), ApiKey.name == "test-admin")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from app import models
-from app.db import FloatVector
+from app.store import models
+from app.store.db import FloatVector
 from app.services import registry
 
 RIDGE = "ridge-ge2e256-to-campplus192-v1"

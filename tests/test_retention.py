@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from app import db, jobs, models
+from app import jobs
+from app.store import db, models
 from app.services import retention
 from app.services.enrollment import ENROLL_JOB, refresh_profile
 from app.services.gallery import Gallery

@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from app import serving
+from app.web import serving
 from app.cli import build_parser
 from app.settings import Settings
 from tests.conftest import REPO_ROOT

@@ -7,7 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
-from app.vector_index import VectorIndex
+from vectorindex import VectorIndex
 
 DIM = 32
 

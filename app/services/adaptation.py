@@ -11,8 +11,8 @@ import numpy as np
 import soundfile as sf
 import sqlalchemy as sa
 
-from app import models
-from app.db import FloatVector
+from app.store import models
+from app.store.db import FloatVector
 
 #: besides the whole utterance, crops of these lengths (seconds) from its speech
 CROP_SECONDS = (2.0, 1.0)

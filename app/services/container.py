@@ -5,7 +5,7 @@ import contextlib
 import functools
 import logging
 
-from app import db
+from app.store import db
 from app.model_registry import load_embedder
 from app.services import registry
 from app.services.gallery import Gallery

@@ -13,8 +13,9 @@ import numpy as np
 import soundfile as sf
 import sqlalchemy as sa
 
-from app import jobs, models
-from app.db import FloatVector
+from app import jobs
+from app.store import models
+from app.store.db import FloatVector
 from app.errors import bad_request
 from app.services.audio_input import SAMPLE_RATE, decode_upload
 

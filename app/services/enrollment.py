@@ -15,9 +15,10 @@ import numpy as np
 import soundfile as sf
 import sqlalchemy as sa
 
-from app import jobs, models
+from app import jobs
+from app.store import models
 from app.services import registry
-from app.db import FloatVector, select_for_update
+from app.store.db import FloatVector, select_for_update
 from app.services.audio_input import SAMPLE_RATE, prepare_audio
 from app.services.speakers import get_speaker
 from speechcore.embedder import l2_normalise

@@ -12,9 +12,9 @@ import threading
 import numpy as np
 import sqlalchemy as sa
 
-from app import models
-from app.db import FloatVector
-from app.vector_index import VectorIndex
+from app.store import models
+from app.store.db import FloatVector
+from vectorindex import VectorIndex
 
 # Change-log ids are allocated at insert time but become visible at commit, so with
 # concurrent writers a lower id can appear after a higher one. We re-read this many ids

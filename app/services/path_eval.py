@@ -16,7 +16,7 @@ import pathlib
 import numpy as np
 import sqlalchemy as sa
 
-from app import models
+from app.store import models
 from app.errors import ApiError
 from app.services import registry
 from nessa.metrics import equal_error_rate

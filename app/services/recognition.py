@@ -18,8 +18,8 @@ import time
 import numpy as np
 import sqlalchemy as sa
 
-from app import models
-from app.db import FloatVector
+from app.store import models
+from app.store.db import FloatVector
 from app.errors import ApiError
 from app.services import registry
 from app.services.audio_input import prepare_audio

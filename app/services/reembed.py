@@ -20,8 +20,9 @@ import numpy as np
 import soundfile as sf
 import sqlalchemy as sa
 
-from app import jobs, models
-from app.db import FloatVector, select_for_update
+from app import jobs
+from app.store import models
+from app.store.db import FloatVector, select_for_update
 from app.errors import ApiError
 from app.services import registry
 from app.services.audio_input import SAMPLE_RATE

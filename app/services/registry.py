@@ -18,7 +18,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from app import models
+from app.store import models
 from app.errors import ApiError
 from app.model_registry import MODEL_SPECS, model_identity, spec_for
 from nessa.artifact import AlignmentArtifact

@@ -20,7 +20,7 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 
-from app import db, models
+from app.store import db, models
 from app.services.diarization import DIARIZE_JOB
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ import pathlib
 
 import sqlalchemy as sa
 
-from app import db, models
+from app.store import db, models
 from app.errors import ApiError, not_found
 
 #: the tables that hold a speaker's personal data (vectors, name, audio references)

@@ -4,8 +4,8 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-01-01
 
-Mirrors app/models.py; tests/test_db.py compares the two on SQLite and PostgreSQL.
-Constraint names follow app.models.NAMING_CONVENTION and are spelled out (op.f) so the
+Mirrors app/store/models.py; tests/test_db.py compares the two on SQLite and PostgreSQL.
+Constraint names follow app.store.models.NAMING_CONVENTION and are spelled out (op.f) so the
 same names exist on both databases.
 """
 from __future__ import annotations

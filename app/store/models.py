@@ -176,7 +176,7 @@ class Embedding(Base):
     #: the embedding space the vector lives in: the name of the model that defines it
     space: Mapped[str] = mapped_column(sa.String(100))
     dim: Mapped[int] = mapped_column(sa.Integer)
-    #: float32, see app.db.FloatVector
+    #: float32, see app.store.db.FloatVector
     vector: Mapped[bytes] = mapped_column(sa.LargeBinary)
     #: the alignment artifact that bridged this vector into `space` (None: embedded directly)
     via_alignment: Mapped[str | None] = mapped_column(sa.String(200))
@@ -202,7 +202,7 @@ class Profile(Base):
     model_version: Mapped[str] = mapped_column(
         sa.String(100), sa.ForeignKey("model_versions.name"))
     dim: Mapped[int] = mapped_column(sa.Integer)
-    #: float32, see app.db.FloatVector
+    #: float32, see app.store.db.FloatVector
     vector: Mapped[bytes] = mapped_column(sa.LargeBinary)
     n_embeddings: Mapped[int] = mapped_column(sa.Integer)
     #: how many of those embeddings were bridged from an older space (not re-embedded)

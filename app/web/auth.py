@@ -12,9 +12,9 @@ import secrets
 import sqlalchemy as sa
 from flask import current_app, g, request
 
-from app.db import select_for_update
+from app.store.db import select_for_update
 from app.errors import ApiError, bad_request, not_found
-from app.models import ApiKey, utcnow
+from app.store.models import ApiKey, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app.errors import ApiError
-from app.metrics import Metrics, method_label
-from app.serving import MULTIPART_ALLOWANCE_BYTES
+from app.web.metrics import Metrics, method_label
+from app.web.serving import MULTIPART_ALLOWANCE_BYTES
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ def create_app(settings: Settings | None = None, *, services=None, start_worker:
     app.extensions["nessa"] = services
     app.extensions["nessa_metrics"] = metrics = Metrics(services.gallery.sizes)
 
-    from app.api.inputs import URL_CONVERTERS
-    from app.api.v1 import bp as v1
+    from app.web.inputs import URL_CONVERTERS
+    from app.web.v1 import bp as v1
 
     app.url_map.converters.update(URL_CONVERTERS)  # before the routes that use them
     app.register_blueprint(v1)

@@ -7,10 +7,11 @@ import pathlib
 import threading
 import time
 
+from app.cli.common import actor, fail, open_services
 from app.settings import Settings
 
 
-def add_parser(sub) -> None:
+def register(sub, settings: Settings) -> None:
     models = sub.add_parser("models", help="model registry: register, re-embed, evaluate, activate, roll back")
     msub = models.add_subparsers(dest="models_command", required=True)
     msub.add_parser("list", help="the path in force, every model version and alignment")
@@ -83,7 +84,8 @@ def _wait_for_job(services, job_id: int, *, workers: int) -> dict:
     """Show the campaign's progress; run `workers` job workers here meanwhile."""
     from tqdm import tqdm
 
-    from app import jobs, models
+    from app import jobs
+    from app.store import models
     from app.worker import build_worker
 
     stop = threading.Event()
@@ -114,11 +116,10 @@ def _wait_for_job(services, job_id: int, *, workers: int) -> dict:
 
 
 def cmd_models(args, settings: Settings) -> int:
-    from app.cli import _actor, _fail, _services
     from app.errors import ApiError
     from app.services import registry
 
-    services = _services(settings)
+    services = open_services(settings)
     try:
         command = args.models_command
         with services.session() as session:
@@ -129,40 +130,40 @@ def cmd_models(args, settings: Settings) -> int:
                 print(json.dumps(registry.history(session, args.limit), indent=2))
                 return 0
             if command == "register":
-                row = registry.register_model(session, args.name, actor=_actor())
+                row = registry.register_model(session, args.name, actor=actor())
                 session.commit()
                 print(f"registered {row.name} ({row.role}, {row.dim}-d): new enrollments are embedded with it; "
                       f"run `nessa models reembed {row.name}` for the existing ones")
                 return 0
             if command == "retire":
                 if args.alignment:
-                    registry.retire_alignment(session, args.name, actor=_actor())
+                    registry.retire_alignment(session, args.name, actor=actor())
                 else:
-                    registry.retire_model(session, args.name, actor=_actor())
+                    registry.retire_model(session, args.name, actor=actor())
                 session.commit()
                 print(f"retired {args.name}")
                 return 0
             if command == "activate":
-                deployment = registry.activate(session, args.alignment, actor=_actor(), force=args.force)
+                deployment = registry.activate(session, args.alignment, actor=actor(), force=args.force)
                 session.commit()
                 print(f"deployment {deployment.id}: {deployment.runtime_model} -> {deployment.enrollment_space} "
                       f"through {deployment.alignment} is in force{' (gate overridden)' if args.force else ''}")
                 return 0
             if command == "rollback":
-                deployment = registry.rollback(session, actor=_actor())
+                deployment = registry.rollback(session, actor=actor())
                 session.commit()
                 print(f"rolled back: deployment {deployment.id} puts {deployment.alignment} in force again")
                 return 0
         if command == "reembed":
             from app.services.reembed import start_reembed
 
-            job = start_reembed(services, args.name, bridge=args.bridge, actor=_actor())
+            job = start_reembed(services, args.name, bridge=args.bridge, actor=actor())
             print(f"queued re-embedding job {job.id} (progress: GET /v1/jobs/{job.id})")
             if args.no_wait:
                 return 0
             outcome = _wait_for_job(services, job.id, workers=max(0, args.workers))
             if outcome["status"] != "succeeded":
-                return _fail(f"re-embedding failed: {outcome['error']}")
+                return fail(f"re-embedding failed: {outcome['error']}")
             print(json.dumps(outcome["result"]))
             return 0
         if command == "evaluate":
@@ -171,7 +172,7 @@ def cmd_models(args, settings: Settings) -> int:
 
             folder = pathlib.Path(args.eval_dir) if args.eval_dir else default_eval_dir(settings)
             crops = (None, *args.crop) if args.crop else (None, 2.0, 1.0)
-            result = evaluate_alignment(services, args.alignment, folder=folder, actor=_actor(),
+            result = evaluate_alignment(services, args.alignment, folder=folder, actor=actor(),
                                         n_enroll=args.n_enroll, crops=crops, max_speakers=args.max_speakers,
                                         max_queries=args.max_queries,
                                         tolerance={"eer_points": args.tolerance_eer,
@@ -180,7 +181,7 @@ def cmd_models(args, settings: Settings) -> int:
             return 0
     except ApiError as exc:
         detail = f" {json.dumps(exc.detail)}" if exc.detail else ""
-        return _fail(f"{exc.message}{detail}")
+        return fail(f"{exc.message}{detail}")
     finally:
         services.close()
-    return _fail(f"unknown command {command}")
+    return fail(f"unknown command {command}")

@@ -7,11 +7,13 @@ import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app import auth, jobs, models
-from app.api.inputs import MAX_CANDIDATES, MAX_ID, as_int, parse_json, text_field
-from app.auth import current_actor, current_key_id, require_any_key, require_scope
+from app import jobs
+from app.store import models
+from app.web import auth
+from app.web.inputs import MAX_CANDIDATES, MAX_ID, as_int, parse_json, text_field
+from app.web.auth import current_actor, current_key_id, require_any_key, require_scope
 from app.errors import ApiError, bad_request
-from app.openapi import openapi_document
+from app.web.openapi import openapi_document
 from app.services import recognition, registry, speakers as speaker_service
 from app.services.enrollment import submit_enrollment
 

@@ -1,9 +1,9 @@
 """The OpenAPI 3.1 description of /v1, served at /v1/openapi.json. Limits come from
-app.api.inputs, the module that enforces them."""
+app.web.inputs, the module that enforces them."""
 from __future__ import annotations
 
-from app.api.inputs import MAX_CANDIDATES, MAX_ID, MAX_JSON_BYTES, MAX_TEXT, NAME_PATTERN, TEXT_PATTERN
-from app.models import ENROLLMENT_STATUSES, JOB_STATUSES
+from app.web.inputs import MAX_CANDIDATES, MAX_ID, MAX_JSON_BYTES, MAX_TEXT, NAME_PATTERN, TEXT_PATTERN
+from app.store.models import ENROLLMENT_STATUSES, JOB_STATUSES
 
 
 def _error(description: str) -> dict:

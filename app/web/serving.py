@@ -14,7 +14,7 @@ import math
 
 from app.settings import Settings
 
-#: room for multipart framing around the audio (also in Flask's MAX_CONTENT_LENGTH, app/factory.py)
+#: room for multipart framing around the audio (also in Flask's MAX_CONTENT_LENGTH, app/web/factory.py)
 MULTIPART_ALLOWANCE_BYTES = 64 * 1024
 #: read uploads in 64 KiB pieces: fewer trips through the I/O loop than waitress's 8 KiB
 RECV_BYTES = 64 * 1024

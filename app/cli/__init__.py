@@ -1,0 +1,33 @@
+"""The `nessa` command: one module per command group, each with `register(sub, settings)`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from app.cli import db, diarize, keys, lab, models, serve
+from app.cli.common import fail
+from app.settings import Settings
+
+COMMAND_GROUPS = (serve, db, keys, lab, diarize, models)
+
+
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    settings = settings or Settings()
+    parser = argparse.ArgumentParser(prog="nessa", description="Asymmetric speaker enrollment and verification.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in COMMAND_GROUPS:
+        group.register(sub, settings)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        return fail(str(exc))
+    args = build_parser(settings).parse_args(argv)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("faiss.loader", "alembic.runtime.plugins", "alembic.runtime.migration", "speechbrain.utils.quirks"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return args.func(args, settings)

@@ -1,0 +1,59 @@
+"""What every command group shares: failing, the actor, opening the services."""
+from __future__ import annotations
+
+import sys
+
+from app.settings import Settings
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"nessa: error: {message}", file=sys.stderr)
+    return code
+
+
+def path_in_force(settings: Settings):
+    """The newest deployment of an initialised database, else None (no service needed)."""
+    from app.store import db
+    from app.services.registry import current_deployment
+
+    url = settings.resolved_database_url
+    try:
+        if db.current_revision(url) != db.head_revision():
+            return None
+    except Exception:
+        return None
+    engine = db.make_engine(url)
+    try:
+        with db.make_session_factory(engine)() as session:
+            row = current_deployment(session)
+            if row is not None:
+                session.expunge(row)
+            return row
+    finally:
+        engine.dispose()
+
+
+def actor() -> str:
+    """Who runs this command, for the model registry's audit log."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def open_services(settings: Settings):
+    from app.services.container import SchemaNotReady, Services
+
+    try:
+        return Services(settings)
+    except SchemaNotReady as exc:
+        raise SystemExit(fail(str(exc)))
+
+
+def safe_url(url: str) -> str:
+    import sqlalchemy as sa
+
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
