@@ -52,7 +52,7 @@ TOP_K = 50
 
 # ----------------------------------------------------------------------------- data
 def load_files(shared: pathlib.Path, cache_dir: pathlib.Path, concat_dir: pathlib.Path):
-    from app.model_registry import load_embedder  # the script may use the app's registry
+    from app.model_catalog import load_embedder  # the script may use the app's registry
 
     base = AlignmentConfig()
     source, target = load_embedder("ge2e-256"), load_embedder("campplus-192")

@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from app.model_registry import load_embedder  # noqa: E402
+from app.model_catalog import load_embedder  # noqa: E402
 from nessa import evaluation  # noqa: E402
 
 

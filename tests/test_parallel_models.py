@@ -66,7 +66,7 @@ def test_vad_probabilities_and_segments(utterances):
 
 @pytest.mark.parametrize("version", ["ge2e-256", "ge2e-256-onnx", "ge2e-256-onnx-int8"])
 def test_runtime_embeddings(utterances, version):
-    from app.model_registry import load_embedder
+    from app.model_catalog import load_embedder
 
     embedder = load_embedder(version)
     assert_same_in_every_thread(lambda wav: embedder.embed([wav])[0], utterances)

@@ -70,7 +70,7 @@ def cmd_align(args, settings: Settings) -> int:
     from app.services.registry import activate, register_artifact
 
     if args.align_command == "train":
-        from app.model_registry import load_embedder
+        from app.model_catalog import load_embedder
         from nessa.cli_support import train_from_folder
 
         sources = [pathlib.Path(p) for p in (args.train_dir or [])] + [pathlib.Path(p) for p in (args.list or [])]
@@ -118,7 +118,7 @@ def cmd_align(args, settings: Settings) -> int:
         return 0
 
     if args.align_command == "learning-curve":
-        from app.model_registry import load_embedder
+        from app.model_catalog import load_embedder
         from nessa.learning_curve import main_args as learning_curve_main
 
         learning_curve_main(args, load_embedder(settings.runtime_model), load_embedder(settings.enroll_model))
@@ -250,7 +250,7 @@ def _add_network_flags(parser) -> None:
 def cmd_eval(args, settings: Settings) -> int:
     import pathlib
 
-    from app.model_registry import load_embedder
+    from app.model_catalog import load_embedder
     from nessa.evaluation import main_args
 
     for folder in (args.eval_dir, args.anchors_dir):

@@ -6,7 +6,7 @@ import functools
 import logging
 
 from app.store import db
-from app.model_registry import load_embedder
+from app.model_catalog import load_embedder
 from app.services import registry
 from app.services.gallery import Gallery
 from app.settings import Settings

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from app.store import models
 from app.errors import ApiError
-from app.model_registry import MODEL_SPECS, model_identity, spec_for
+from app.model_catalog import MODEL_SPECS, model_identity, spec_for
 from nessa.artifact import AlignmentArtifact
 
 log = logging.getLogger(__name__)

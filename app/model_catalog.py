@@ -1,4 +1,4 @@
-"""Maps a model version name to its code and weights, and loads each model once per
+"""The catalog of installed model versions: maps a version name to its code and weights,
 process. The model packages never import each other or app/; this is where they meet."""
 from __future__ import annotations
 
