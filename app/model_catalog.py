@@ -1,5 +1,6 @@
 """The catalog of installed model versions: maps a version name to its code and weights,
-process. The model packages never import each other or app/; this is where they meet."""
+and loads each model once per process. The model packages never import each other or
+app/; this is where they meet."""
 from __future__ import annotations
 
 import dataclasses
