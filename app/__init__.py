@@ -2,7 +2,7 @@
 
 
 def __getattr__(name):
-    # Lazy, so that `import app.jobs` (workers, CLI) does not load Flask and the web layer.
+    # Lazy, so that workers and the CLI do not load Flask and the web layer.
     if name == "create_app":
         from app.web.factory import create_app
 

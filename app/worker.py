@@ -1,4 +1,6 @@
-"""The job worker: `nessa worker` runs one; `nessa serve --with-worker` runs one in-process.
+"""The service's job worker: its job kinds wired to their handlers, and what a job's
+final failure or a lost worker means for its enrollment or recording (the loop itself is
+jobqueue.Worker). `nessa worker` runs one; `nessa serve --with-worker` runs one in-process.
 Run as many as you like, on as many hosts as share the PostgreSQL database."""
 from __future__ import annotations
 
@@ -6,14 +8,16 @@ import logging
 import os
 import socket
 
-from app import jobs
+from jobqueue import PermanentJobError, Worker
+
 from app.services import diarization, enrollment, model_jobs, reembed, retention
+from app.store.job_queue import jobs
 
 log = logging.getLogger(__name__)
 
 
 def _is_final_failure(exc: Exception, ctx) -> bool:
-    return isinstance(exc, jobs.PermanentJobError) or ctx.attempt >= ctx.max_attempts
+    return isinstance(exc, PermanentJobError) or ctx.attempt >= ctx.max_attempts
 
 
 def _enrollment_handler(services):
@@ -60,7 +64,7 @@ def _job_lost(session, kind: str, payload: dict) -> None:
         retention.remove_audio(payload.get("audio_path"))
 
 
-class MaintainingWorker(jobs.Worker):
+class MaintainingWorker(Worker):
     """A job worker that also runs the service's maintenance (retention.Maintenance)
     between jobs: at start, then periodically."""
 
@@ -72,13 +76,13 @@ class MaintainingWorker(jobs.Worker):
         self._maintenance.run_if_due()
 
 
-def build_worker(services, *, worker_id: str | None = None) -> jobs.Worker:
+def build_worker(services, *, worker_id: str | None = None) -> Worker:
     handlers = {enrollment.ENROLL_JOB: _enrollment_handler(services),
                 diarization.DIARIZE_JOB: _diarize_handler(services),
                 reembed.REEMBED_JOB: lambda ctx: reembed.process_reembed(services, ctx),
                 reembed.REEMBED_BATCH_JOB: lambda ctx: reembed.process_reembed_batch(services, ctx),
                 model_jobs.EVALUATE_JOB: lambda ctx: model_jobs.process_evaluation(services, ctx)}
-    return MaintainingWorker(services, services.session_factory, handlers,
+    return MaintainingWorker(services, jobs, services.session_factory, handlers,
                              worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}",
                              lease_seconds=services.settings.job_lease_seconds,
                              poll_seconds=services.settings.worker_poll_seconds, on_lost=_job_lost)
@@ -86,29 +90,7 @@ def build_worker(services, *, worker_id: str | None = None) -> jobs.Worker:
 
 def run_pending(services, *, worker_id: str, wait: bool = False, timeout_s: float = 600,
                 max_jobs: int = 100_000) -> int:
-    """Run queued jobs in this thread until none is runnable (tests, benchmarks, one-shot
-    tools). With ``wait``, also wait for jobs queued for later (a parent waiting on its
-    children, a retry after backoff) until no job is queued or running."""
-    import time
-
-    import sqlalchemy as sa
-
-    from app.store import models
-
-    worker = build_worker(services, worker_id=worker_id)
-    done, deadline = 0, time.monotonic() + timeout_s
-    while done < max_jobs:
-        if worker.run_once():
-            done += 1
-            continue
-        if not wait:
-            break
-        with services.session() as session:
-            pending = session.scalar(sa.select(sa.func.count()).select_from(models.Job)
-                                     .where(models.Job.status.in_(["queued", "running"])))
-        if not pending:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{pending} jobs still pending after {timeout_s} s")
-        time.sleep(0.05)
-    return done
+    """Run the service's queued jobs in this thread until none is runnable (tests,
+    benchmarks, one-shot tools); see jobqueue.Worker.run_until_idle."""
+    return build_worker(services, worker_id=worker_id).run_until_idle(wait=wait, timeout_s=timeout_s,
+                                                                       max_jobs=max_jobs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 
-from app import jobs
 from app.store import models
+from app.store.job_queue import jobs
 
 
 def test_exhausted_lost_job_fails_its_enrollment(harness):

@@ -124,13 +124,15 @@ def _held_at(gate: _Gate, target):
 def _job_paused_after_embedding(harness):
     """A worker claims the next enrollment job; the body runs once the job has computed its
     vectors and before it stores them."""
-    from app import jobs
+    from jobqueue import Worker
+
     from app.services.enrollment import ENROLL_JOB, process_enrollment
+    from app.store.job_queue import jobs
 
     services, gate = harness.services, _Gate()
     handler = lambda ctx: process_enrollment(services, _PauseAfterEmbedding(ctx, gate))  # noqa: E731
-    worker = jobs.Worker(services.session_factory, {ENROLL_JOB: handler}, worker_id="paused-worker",
-                         lease_seconds=services.settings.job_lease_seconds)
+    worker = Worker(jobs, services.session_factory, {ENROLL_JOB: handler}, worker_id="paused-worker",
+                    lease_seconds=services.settings.job_lease_seconds)
     return _held_at(gate, worker.run_once)
 
 

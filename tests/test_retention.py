@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from app import jobs
 from app.store import db, models
+from app.store.job_queue import jobs
 from app.services import retention
 from app.services.enrollment import ENROLL_JOB, refresh_profile
 from app.services.gallery import Gallery

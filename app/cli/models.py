@@ -84,8 +84,8 @@ def _wait_for_job(services, job_id: int, *, workers: int) -> dict:
     """Show the campaign's progress; run `workers` job workers here meanwhile."""
     from tqdm import tqdm
 
-    from app import jobs
     from app.store import models
+    from app.store.job_queue import jobs
     from app.worker import build_worker
 
     stop = threading.Event()

@@ -13,7 +13,9 @@ import numpy as np
 import soundfile as sf
 import sqlalchemy as sa
 
-from app import jobs
+from jobqueue import PermanentJobError
+
+from app.store.job_queue import jobs
 from app.store import models
 from app.store.db import FloatVector
 from app.errors import bad_request
@@ -130,7 +132,7 @@ def submit_or_run(services, data: bytes, *, created_by_key_id: int | None = None
 def process_diarize_job(services, ctx) -> dict:
     path = pathlib.Path(ctx.payload["audio_path"])
     if not path.exists():
-        raise jobs.PermanentJobError(f"stored audio {path.name} is missing")
+        raise PermanentJobError(f"stored audio {path.name} is missing")
     wav, _ = sf.read(path, dtype="float32")
     result = diarize_wav(services, wav, **ctx.payload.get("options", {}))
     path.unlink(missing_ok=True)

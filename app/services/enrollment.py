@@ -15,7 +15,9 @@ import numpy as np
 import soundfile as sf
 import sqlalchemy as sa
 
-from app import jobs
+from jobqueue import PermanentJobError
+
+from app.store.job_queue import jobs
 from app.store import models
 from app.services import registry
 from app.store.db import FloatVector, select_for_update
@@ -104,7 +106,7 @@ def process_enrollment(services, ctx) -> dict:
         enrollment.status = "processing"
         session.commit()
     if not audio_path or not pathlib.Path(audio_path).exists():
-        raise jobs.PermanentJobError(f"stored audio for enrollment {enrollment_id} is missing")
+        raise PermanentJobError(f"stored audio for enrollment {enrollment_id} is missing")
     wav, sr = sf.read(audio_path, dtype="float32")
     assert sr == SAMPLE_RATE
     speech, _ = services.vad.speech_only(wav)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pathlib
 
-from app import jobs
+from jobqueue import PermanentJobError
+
+from app.store.job_queue import jobs
 from app.errors import ApiError
 from app.services import registry
 from app.services.path_eval import evaluate_alignment
@@ -32,7 +34,7 @@ def process_evaluation(services, ctx) -> dict:
     payload = ctx.payload
     folder = pathlib.Path(payload["eval_dir"])
     if not folder.is_dir():
-        raise jobs.PermanentJobError(f"no evaluation folder at {folder}")
+        raise PermanentJobError(f"no evaluation folder at {folder}")
     ctx.set_progress(0.05)
     options = dict(payload.get("options", {}))
     if "crops" in options:  # whole utterances are always a condition
@@ -41,4 +43,4 @@ def process_evaluation(services, ctx) -> dict:
         return evaluate_alignment(services, payload["alignment"], folder=folder, actor=payload["actor"],
                                   tolerance=payload.get("tolerance") or None, **options)
     except ApiError as exc:  # bad input: retrying cannot help
-        raise jobs.PermanentJobError(exc.message) from exc
+        raise PermanentJobError(exc.message) from exc

@@ -20,7 +20,9 @@ import numpy as np
 import soundfile as sf
 import sqlalchemy as sa
 
-from app import jobs
+from jobqueue import NotReady, PermanentJobError
+
+from app.store.job_queue import jobs
 from app.store import models
 from app.store.db import FloatVector, select_for_update
 from app.errors import ApiError
@@ -96,11 +98,11 @@ def process_reembed(services, ctx) -> dict:
             running = session.scalars(sa.select(models.Job.progress).where(
                 models.Job.parent_id == ctx.job_id, models.Job.status.in_(["queued", "running"]))).all()
             done = finished + sum(p or 0.0 for p in running)
-            raise jobs.NotReady(PARENT_POLL_SECONDS, progress=done / total)
+            raise NotReady(PARENT_POLL_SECONDS, progress=done / total)
         children = session.scalars(sa.select(models.Job).where(models.Job.parent_id == ctx.job_id)).all()
         failed = [c for c in children if c.status == "failed"]
         if failed:
-            raise jobs.PermanentJobError(f"{len(failed)} of {total} batches failed; first error: {failed[0].error}")
+            raise PermanentJobError(f"{len(failed)} of {total} batches failed; first error: {failed[0].error}")
         summary = {"model_version": version, "bridge": bridge, "batches": total}
         for key in ("embedded", "bridged", "already_done", "not_retained", "gone"):
             summary[key] = sum(int((c.result or {}).get(key, 0)) for c in children)
@@ -116,7 +118,7 @@ def process_reembed_batch(services, ctx) -> dict:
     with services.session() as session:
         model = session.scalar(sa.select(models.ModelVersion).filter_by(name=version))
         if model is None or model.state == "retired":
-            raise jobs.PermanentJobError(f"model {version!r} is not registered or was retired")
+            raise PermanentJobError(f"model {version!r} is not registered or was retired")
         bridge_artifact = None
         if bridge:
             row = registry.get_artifact_row(session, bridge)
@@ -142,7 +144,7 @@ def process_reembed_batch(services, ctx) -> dict:
         if path is not None and path.exists():
             wav, sr = sf.read(path, dtype="float32")
             if sr != SAMPLE_RATE:
-                raise jobs.PermanentJobError(f"stored audio {path} is {sr} Hz, expected {SAMPLE_RATE}")
+                raise PermanentJobError(f"stored audio {path} is {sr} Hz, expected {SAMPLE_RATE}")
             speech, _ = services.vad.speech_only(wav)
             new_vectors[row.id] = (row.speaker_id, embedder.embed([speech])[0], None, version)
             counts["embedded"] += 1

@@ -1,11 +1,11 @@
-"""A worker process for the crash test in tests/test_jobs.py.
+"""A worker process for the crash test in tests/jobqueue/test_job_queue.py.
 
-    python tests/crash_worker.py DATABASE_URL MARKER_DIR LEASE_SECONDS WORK_SECONDS DEADLINE_SECONDS
+    python -m tests.jobqueue.crash_worker DATABASE_URL MARKER_DIR LEASE_SECONDS WORK_SECONDS DEADLINE_SECONDS
 
-Runs jobs of kind ``crash-test`` until it has finished one (exit 0) or the deadline
-passes (exit 1). The handler writes ``started.<attempt>`` into MARKER_DIR, works (sleeps)
-for WORK_SECONDS, then writes ``finished.<attempt>``; the test SIGKILLs the first worker
-in between.
+Runs jobs of kind ``crash-test`` from the tests' task table until it has finished one
+(exit 0) or the deadline passes (exit 1). The handler writes ``started.<attempt>`` into
+MARKER_DIR, works (sleeps) for WORK_SECONDS, then writes ``finished.<attempt>``; the test
+SIGKILLs the first worker in between.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pathlib
 import sys
 import time
 
-from app.store.db import make_engine, make_session_factory
-from app.jobs import JobContext, Worker
+from jobqueue import JobContext, JobQueue, Worker
+
+from tests.jobqueue.job_table import TaskRow, open_task_table
 
 KIND = "crash-test"
 
@@ -32,8 +33,8 @@ def main(argv: list[str]) -> int:
         (markers / f"finished.{ctx.attempt}").write_text(str(ctx.job_id))
         return {"attempt": ctx.attempt}
 
-    engine = make_engine(url)
-    worker = Worker(make_session_factory(engine), {KIND: handler},
+    engine, session_factory = open_task_table(url)
+    worker = Worker(JobQueue(TaskRow), session_factory, {KIND: handler},
                     lease_seconds=float(lease_seconds), poll_seconds=0.05)
     deadline = time.monotonic() + float(deadline_seconds)
     try:
