@@ -17,7 +17,7 @@ def build_diarizer(args):
 
     from nessa.artifact import AlignmentArtifact
     from runtime_models.ge2e import GE2EEmbedder
-    from diarizer.pipeline import Diarizer, DiarizerConfig
+    from diarizer import Diarizer, DiarizerConfig
 
     torch.set_num_threads(args.threads)
     config = DiarizerConfig(method=args.method, features=args.features,

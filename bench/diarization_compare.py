@@ -88,7 +88,7 @@ def build_ours(threads: int = 1, overlap: bool = True, artifact_dir=None, **conf
     import torch
 
     torch.set_num_threads(threads)
-    from diarizer.pipeline import Diarizer, DiarizerConfig
+    from diarizer import Diarizer, DiarizerConfig
     from nessa.artifact import AlignmentArtifact
     from runtime_models.ge2e import GE2EEmbedder
 

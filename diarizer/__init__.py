@@ -4,8 +4,9 @@ Library code: receives the runtime embedder, the alignment artifact, a VAD and t
 gallery as arguments; imports ``speechcore`` and ``nessa`` only (never ``app``).
 """
 from diarizer.clustering import HintError, SpeakerHints, validate_hints
+from diarizer.config import DEFAULT_AHC_THRESHOLDS, DiarizerConfig
 from diarizer.naming import Gallery, name_clusters
-from diarizer.pipeline import DEFAULT_AHC_THRESHOLDS, Diarizer, DiarizerConfig
+from diarizer.pipeline import Diarizer
 from diarizer.result import (DiarizationResult, Segment, SpeakerSummary, parse_rttm, parse_uem,
                              rttm_lines, write_rttm)
 

@@ -8,6 +8,8 @@ Two methods, both deterministic:
   Laplacian of a pruned cosine affinity (as in NME-SC, Park et al. 2019, and the
   counting-over-thresholds argument of CYS-MSD), then the rows of the spectral embedding
   are clustered with k-means (fixed seed, several restarts).
+
+``merge_clusters`` then joins near-duplicate clusters (one voice split in two).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from scipy.cluster.vq import kmeans2
 from scipy.linalg import eigh
 from scipy.sparse.linalg import eigsh
 from scipy.spatial.distance import pdist
+
+from speechcore.embedder import l2_normalise
 
 METHODS = ("ahc", "spectral")
 
@@ -229,3 +233,30 @@ def cluster(embeddings: np.ndarray, method: str, hints: SpeakerHints, *, thresho
         info["threshold_count"] = ahc(embeddings, threshold)[1]["threshold_count"]
     info.update(method=method, count=int(labels.max()) + 1, bounds=[low, high])
     return labels, info
+
+
+def merge_clusters(feats: np.ndarray, labels: np.ndarray, threshold: float, low: int,
+                   relative: float | None = None):
+    """Merge the two clusters with the most similar centroids while their cosine > threshold
+    (and, with ``relative``, > relative x the pair's mean window-to-own-centroid cosine)."""
+    labels = labels.copy()
+    merged = 0
+    while True:
+        ids = np.unique(labels)
+        if len(ids) <= max(1, low):
+            break
+        centroids = l2_normalise(np.stack([feats[labels == c].mean(axis=0) for c in ids]))
+        sim = centroids @ centroids.T
+        np.fill_diagonal(sim, -np.inf)
+        i, j = np.unravel_index(np.argmax(sim), sim.shape)
+        if sim[i, j] <= threshold:
+            break
+        if relative is not None:
+            within = [float((l2_normalise(feats[labels == ids[m]]) @ centroids[m]).mean()) for m in (i, j)]
+            if sim[i, j] <= relative * float(np.mean(within)):
+                break
+        labels[labels == ids[j]] = ids[i]
+        merged += 1
+    if merged:
+        labels = _relabel_by_first_occurrence(labels)
+    return labels, merged

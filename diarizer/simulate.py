@@ -116,21 +116,7 @@ def simulate_conversation(source_dir, *, num_speakers: int = 2, num_turns: int =
         speakers = list(speakers)
         num_speakers = len(speakers)
     queues = {s: [available[s][i] for i in rng.permutation(len(available[s]))] for s in speakers}
-
-    order, previous = [], None
-    left = {s: len(queues[s]) for s in speakers}
-    for turn in range(num_turns):
-        # every speaker gets a turn before anyone gets a second one; each utterance is used once
-        pool = [s for s in speakers if (s != previous or num_speakers == 1) and left[s] > 0]
-        if turn < num_speakers:
-            pool = [s for s in speakers if s not in order] or pool
-        if not pool:
-            raise ValueError(f"{num_speakers} speakers do not have enough utterances for "
-                             f"{num_turns} alternating turns (each utterance is used once)")
-        previous = pool[int(rng.integers(len(pool)))]
-        left[previous] -= 1
-        order.append(previous)
-
+    order = _turn_order(speakers, {s: len(q) for s, q in queues.items()}, num_turns, rng)
     pieces, turns, used = [], [], {s: [] for s in speakers}
     cursor = lead_in_s
     for index, speaker in enumerate(order):
@@ -157,7 +143,38 @@ def simulate_conversation(source_dir, *, num_speakers: int = 2, num_turns: int =
         used[speaker].append(path.relative_to(root).as_posix())
         pieces.append((int(round(start * SAMPLE_RATE)), excerpt))
         cursor = start + len(excerpt) / SAMPLE_RATE
-    total = max(o + len(p) for o, p in pieces) + int(lead_in_s * SAMPLE_RATE)
+    mix = _mix(pieces, int(lead_in_s * SAMPLE_RATE), snr_db, rng)
+    reference = sorted((Segment(s, e, t["speaker"]) for t in turns for s, e in t["speech"]),
+                       key=lambda seg: (seg.start, seg.label))
+    settings = {"num_speakers": num_speakers, "num_turns": num_turns, "min_turn_s": min_turn_s,
+                "max_turn_s": max_turn_s, "pause_mean_s": pause_mean_s,
+                "overlap_ratio": overlap_ratio, "max_overlap_s": max_overlap_s, "snr_db": snr_db,
+                "seed": seed, "vad_reference": vad is not None}
+    return Conversation(mix.astype(np.float32), reference, speakers, used, turns, settings)
+
+
+def _turn_order(speakers: list[str], utterances_left: dict[str, int], num_turns: int, rng) -> list[str]:
+    """Who speaks each turn: every speaker once before anyone twice, never the same speaker
+    twice in a row (unless alone), and no speaker more often than they have utterances."""
+    order, previous = [], None
+    left = dict(utterances_left)
+    for turn in range(num_turns):
+        pool = [s for s in speakers if (s != previous or len(speakers) == 1) and left[s] > 0]
+        if turn < len(speakers):
+            pool = [s for s in speakers if s not in order] or pool
+        if not pool:
+            raise ValueError(f"{len(speakers)} speakers do not have enough utterances for "
+                             f"{num_turns} alternating turns (each utterance is used once)")
+        previous = pool[int(rng.integers(len(pool)))]
+        left[previous] -= 1
+        order.append(previous)
+    return order
+
+
+def _mix(pieces: list[tuple[int, np.ndarray]], tail: int, snr_db: float | None, rng) -> np.ndarray:
+    """The (onset sample, excerpt) pieces summed, ``tail`` samples of silence after the last,
+    white noise at ``snr_db`` to the speech's power, and scaled down to peak at 0.99 at most."""
+    total = max(o + len(p) for o, p in pieces) + tail
     mix = np.zeros(total, dtype=np.float64)
     for onset, excerpt in pieces:
         mix[onset:onset + len(excerpt)] += excerpt
@@ -168,10 +185,4 @@ def simulate_conversation(source_dir, *, num_speakers: int = 2, num_turns: int =
     peak = np.max(np.abs(mix))
     if peak > 0.99:
         mix *= 0.99 / peak
-    reference = sorted((Segment(s, e, t["speaker"]) for t in turns for s, e in t["speech"]),
-                       key=lambda seg: (seg.start, seg.label))
-    settings = {"num_speakers": num_speakers, "num_turns": num_turns, "min_turn_s": min_turn_s,
-                "max_turn_s": max_turn_s, "pause_mean_s": pause_mean_s,
-                "overlap_ratio": overlap_ratio, "max_overlap_s": max_overlap_s, "snr_db": snr_db,
-                "seed": seed, "vad_reference": vad is not None}
-    return Conversation(mix.astype(np.float32), reference, speakers, used, turns, settings)
+    return mix

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.diarization_compare import build_ours, set_items  # noqa: E402
 from diarizer.evaluate import Scorer, count_speakers, folder_items  # noqa: E402
-from diarizer.pipeline import Diarizer, DiarizerConfig  # noqa: E402
+from diarizer import Diarizer, DiarizerConfig  # noqa: E402
 from speechcore.audio import load_audio_file  # noqa: E402
 
 VERBOSE = bool(int(__import__("os").environ.get("VERBOSE", "0")))

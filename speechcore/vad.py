@@ -22,7 +22,7 @@ import threading
 import numpy as np
 import torch
 
-from speechcore.audio import resample
+from speechcore.resampling import resample
 from speechcore.embedder import installed_package_file
 
 VAD_SAMPLE_RATE = 16000

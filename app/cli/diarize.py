@@ -120,7 +120,8 @@ def cmd_simulate(args, settings: Settings) -> int:
 def _decode_file(path, settings: Settings):
     from app.errors import ApiError
     from app.services.audio_input import upload_limits
-    from speechcore.audio import AudioError, decode_audio
+    from speechcore.audio import decode_audio
+    from speechcore.audio_errors import AudioError
 
     try:
         return decode_audio(path.read_bytes(), limits=upload_limits(settings)).wav

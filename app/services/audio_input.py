@@ -7,7 +7,9 @@ import time
 import numpy as np
 
 from app.errors import ApiError
-from speechcore.audio import AudioError, AudioLimits, DecodedAudio, decode_audio
+from speechcore.audio import DecodedAudio, decode_audio
+from speechcore.audio_errors import AudioError
+from speechcore.audio_limits import AudioLimits
 
 SAMPLE_RATE = 16000
 #: decoded samples (frames × channels) allowed per second of ``max_audio_seconds``: as many

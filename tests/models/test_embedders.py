@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, assert_speakers_separate, load_test_other_sample
 from enroll_models.campplus import CamPlusPlusEmbedder
 from runtime_models.ge2e import GE2EEmbedder, compute_partial_slices
 from speechcore.embedder import Embedder, sha256_file
+from tests.conftest import REPO_ROOT, assert_speakers_separate, load_test_other_sample
 
 pytestmark = [pytest.mark.models_only, pytest.mark.usefixtures("single_torch_thread")]
 

@@ -244,7 +244,12 @@ def test_overlap_detection_on_the_pyannote_sample(diarizer):
     assert analysed["changes"] and all(0 < t < 30 for t in analysed["changes"])
 
     aware = Diarizer(diarizer.embedder, diarizer.artifact, vad=diarizer.vad, overlap_detector=detector)
-    result = aware.diarize(wav)
+    stages = []
+    result = aware.diarize(wav, hook=lambda stage, seconds: stages.append(stage))
+    # every stage reports through the hook; the API's timing names are kept
+    assert stages == ["segmentation", "speech", "windows", "embeddings", "clustering", "resegmentation", "naming"]
+    assert list(result.info["timings"]) == ["overlap_s", "vad_s", "embed_s", "cluster_s", "resegment_s",
+                                            "naming_s", "total_s"]
     scores = score_file(reference, result.segments, uri="sample")
     assert scores["der@0.0"] < 0.15, scores  # measured 0.099 (0.172 without overlap detection)
     assert result.info["overlap_seconds"] > 0.5
@@ -275,18 +280,19 @@ def test_clustering_counts_speakers_and_scales_to_long_recordings():
 
 
 def test_merging_and_splitting_helpers():
-    from diarizer.pipeline import _merge_clusters, _split_speech
+    from diarizer.clustering import merge_clusters
+    from diarizer.windows import split_speech
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal(16), rng.standard_normal(16)
     feats = np.stack([a, a + 0.01, b, b + 0.01, a + 0.02, b - 0.01])
     labels = np.array([0, 1, 2, 2, 1, 3])  # 0/1 are the same voice, 2/3 too
-    merged, n = _merge_clusters(feats, labels, 0.9, low=1)
+    merged, n = merge_clusters(feats, labels, 0.9, low=1)
     assert n == 2 and merged.tolist() == [0, 0, 1, 1, 0, 1]
-    same, n = _merge_clusters(feats, labels, 0.9, low=4)  # the floor wins
+    same, n = merge_clusters(feats, labels, 0.9, low=4)  # the floor wins
     assert n == 0 and same.tolist() == labels.tolist()
     overlapped = np.zeros(300, dtype=bool)
     overlapped[100:120] = True
-    pieces = _split_speech([(0.0, 2.0), (2.5, 3.0)], [0.5], overlapped, 0.01)
+    pieces = split_speech([(0.0, 2.0), (2.5, 3.0)], [0.5], overlapped, 0.01)
     assert [(round(s, 2), round(e, 2)) for s, e in pieces] == [(0.0, 0.49), (0.51, 1.0), (1.2, 2.0), (2.5, 3.0)]
 
 
@@ -311,22 +317,22 @@ def test_default_pipeline_on_a_meeting_clip(diarizer):
 
 
 # ------------------------------------------------------------------ speech mask, gaps, gallery count
-def test_low_confidence_speech_regions_are_dropped(diarizer):
+def test_low_confidence_speech_regions_are_dropped():
+    from diarizer.speech import speech_mask
     prob = np.zeros(400)
     prob[50:150] = 0.99      # real speech
     prob[150:170] = 0.7      # its weaker tail stays (same region)
     prob[250:330] = 0.75     # an isolated plateau that never gets confident: dropped
-    mask = diarizer._speech_mask(prob, np.zeros(400, dtype=bool))
+    mask = speech_mask(prob, np.zeros(400, dtype=bool), DiarizerConfig())
     assert mask[50:170].all() and not mask[250:330].any() and mask.sum() == 120
-    loose = Diarizer(diarizer.embedder, diarizer.artifact, vad=diarizer.vad,
-                     config=DiarizerConfig(seg_min_peak=None))
-    assert loose._speech_mask(prob, np.zeros(400, dtype=bool))[250:330].all()
+    loose = DiarizerConfig(seg_min_peak=None)
+    assert speech_mask(prob, np.zeros(400, dtype=bool), loose)[250:330].all()
 
 
 def test_short_gaps_inside_one_speakers_turn_are_filled():
-    from diarizer.pipeline import _fill_gaps
+    from diarizer.frames import fill_gaps
     labels = np.array([0, 0, -1, -1, 0, -1, 1, 1, -1, -1, -1, -1, 1])
-    assert _fill_gaps(labels, 3).tolist() == [0, 0, 0, 0, 0, -1, 1, 1, -1, -1, -1, -1, 1]
+    assert fill_gaps(labels, 3).tolist() == [0, 0, 0, 0, 0, -1, 1, 1, -1, -1, -1, -1, 1]
 
 
 class _StubEmbedder:

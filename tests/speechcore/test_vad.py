@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, requires_shared_data
-from speechcore.audio import load_audio_file, resample
+from speechcore.audio import load_audio_file
+from speechcore.resampling import resample
 from speechcore.vad import SileroVAD
+from tests.conftest import REPO_ROOT, requires_shared_data
 
 pytestmark = [pytest.mark.models_only, pytest.mark.usefixtures("single_torch_thread")]
 

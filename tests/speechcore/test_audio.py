@@ -1,4 +1,5 @@
-"""speechcore.audio: decoding uploads to 16 kHz mono, and rejecting what is not audio."""
+"""speechcore.audio (with its limits, errors, container checks and resampling): decoding
+uploads to 16 kHz mono, and rejecting what is not audio."""
 from __future__ import annotations
 
 import io
@@ -9,12 +10,14 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from conftest import requires_shared_data
 import speechcore.audio as speechcore_audio
-from speechcore.audio import (AudioError, AudioLimits, AudioTooLargeError, AudioTooLongError,
-                              DecodedAudio, EmptyAudioError, SampleRateOutOfRangeError,
-                              StreamingResampler, TooManyChannelsError, UndecodableAudioError,
-                              decode_audio, load_audio_file, polyphase_factors)
+from speechcore import audio_containers
+from speechcore.audio import DecodedAudio, decode_audio, load_audio_file
+from speechcore.audio_errors import (AudioError, AudioTooLargeError, AudioTooLongError, EmptyAudioError,
+                                     SampleRateOutOfRangeError, TooManyChannelsError, UndecodableAudioError)
+from speechcore.audio_limits import AudioLimits
+from speechcore.resampling import StreamingResampler, polyphase_factors
+from tests.conftest import requires_shared_data
 
 pytestmark = pytest.mark.models_only
 
@@ -327,7 +330,7 @@ def test_running_out_of_memory_is_a_413_not_a_crash(monkeypatch):
 def test_quoted_decoder_logs_are_bounded():
     log = "\n".join(f"chunk{i} {'x' * 500} : 900 (should be 100)" for i in range(1000))
     with pytest.raises(UndecodableAudioError) as caught:
-        speechcore_audio._check_declared_sizes(log, {"format": "aiff"})
+        audio_containers._check_declared_sizes(log, {"format": "aiff"})
     quoted = caught.value.detail["decoder_log"]
     assert len(quoted) == 6 and quoted[-1] == "... 995 more lines"
     assert all(len(line) <= 203 for line in quoted)
