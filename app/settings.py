@@ -15,7 +15,8 @@ class Settings:
     data_dir: pathlib.Path = REPO_ROOT / "var"
     #: SQLAlchemy URL; empty means the embedded default, a SQLite file under data_dir
     database_url: str = ""
-    #: real speech for training/evaluation (../shared/data beside the repository)
+    #: real speech for training and evaluation, read by tests, bench and scripts too: the one
+    #: definition of where it lives (../shared/data beside the repository)
     shared_data_dir: pathlib.Path = REPO_ROOT.parent / "shared" / "data"
     #: directory of bundled (committed) alignment artifacts registered at start
     bundled_artifacts_dir: pathlib.Path = REPO_ROOT / "nessa" / "artifacts"

@@ -3,6 +3,7 @@
     python -m bench.diarization_compare --out var/diar-compare            # everything
     python -m bench.diarization_compare --sets sample clips-dev --no-senko
     python -m bench.diarization_compare --senko-cache var/diar-compare/senko   # reuse senko RTTMs
+    python -m bench.diarization_compare --artifact ridge-ge2e256-to-campplus192-v1 --shared-data-dir DIR
 
 Sets: ``sample`` (conversations/pyannote-sample), ``clips-train`` / ``clips-dev`` /
 ``clips-test`` (conversations/pyannote-clips with UEMs), ``sim`` (simulated test-other
@@ -12,7 +13,8 @@ conversations: 2-5 speakers, per-conversation overlap ratio drawn in 0-15 %, wri
 senko runs in its own virtualenv (``var/senko-venv``) through ``scripts/senko_baseline.py``
 (torch on one thread). Both systems are scored with ``diarizer.evaluate.Scorer``: DER and
 JER at collar 0 and 0.25 s, overlapped speech scored, UEM where given. Prints one markdown
-table and writes ``<out>/report.json`` and the hypothesis RTTMs.
+table and writes ``<out>/report.json`` and the hypothesis RTTMs. The real speech is read from
+``--shared-data-dir`` (default: the service's ``shared_data_dir`` setting).
 """
 from __future__ import annotations
 
@@ -24,17 +26,30 @@ import subprocess
 import sys
 import time
 
+from app.settings import Settings
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA = pathlib.Path(os.environ.get("NESSA_SHARED_DATA", ROOT.parent / "shared" / "data"))
 SIM_DIR = ROOT / "var" / "diar-sets" / "sim-test-other"
 SETS = ("sample", "clips-train", "clips-dev", "clips-test", "sim")
 DEFAULT_SETS = ("sample", "clips-dev", "clips-test", "sim")
 SENKO_PYTHON = ROOT / "var" / "senko-venv" / "bin" / "python"
 
 
-def make_simulated(out_dir=SIM_DIR, count: int = 24, seed: int = 7, vad=None) -> pathlib.Path:
-    """``count`` test-other conversations, speakers cycling 2..5, overlap ratio uniform in
-    [0, 0.15], 14 turns of 2-6 s; skipped when the folder already holds them."""
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the real speech is and which alignment names the speakers: the options every
+    diarization bench and tuning script shares, defaulting to the service's settings."""
+    settings = Settings.from_env()
+    parser.add_argument("--shared-data-dir", type=pathlib.Path, default=settings.shared_data_dir,
+                        help="real speech (default: the shared_data_dir setting, NESSA_SHARED_DATA_DIR)")
+    parser.add_argument("--artifact", default=settings.default_alignment,
+                        help="alignment artifact, a bundled name or a folder (default: the service's "
+                             "default alignment; naming thresholds come from the artifact itself)")
+
+
+def make_simulated(source: pathlib.Path, out_dir=SIM_DIR, count: int = 24, seed: int = 7,
+                   vad=None) -> pathlib.Path:
+    """``count`` conversations from ``source`` (test-other), speakers cycling 2..5, overlap
+    ratio uniform in [0, 0.15], 14 turns of 2-6 s; skipped when the folder already holds them."""
     import numpy as np
 
     from diarizer.simulate import simulate_conversation
@@ -46,7 +61,6 @@ def make_simulated(out_dir=SIM_DIR, count: int = 24, seed: int = 7, vad=None) ->
         from speechcore.vad import SileroVAD
         vad = SileroVAD()
     rng = np.random.default_rng(seed)
-    source = DATA / "librispeech" / "test-other"
     for index in range(count):
         n = 2 + index % 4
         overlap = float(rng.uniform(0.0, 0.15))
@@ -56,34 +70,28 @@ def make_simulated(out_dir=SIM_DIR, count: int = 24, seed: int = 7, vad=None) ->
     return out_dir
 
 
-def set_items(name: str):
+def set_items(name: str, shared_data_dir: pathlib.Path):
     from diarizer.evaluate import folder_items
 
     if name == "sample":
-        return folder_items(DATA / "conversations" / "pyannote-sample")
+        return folder_items(shared_data_dir / "conversations" / "pyannote-sample")
     if name.startswith("clips-"):
         subset = {"train": "train", "dev": "development", "test": "test"}[name.split("-", 1)[1]]
-        return folder_items(DATA / "conversations" / "pyannote-clips", [subset])
+        return folder_items(shared_data_dir / "conversations" / "pyannote-clips", [subset])
     if name == "sim":
-        return folder_items(make_simulated())
+        return folder_items(make_simulated(shared_data_dir / "librispeech" / "test-other"))
     raise ValueError(f"unknown set {name!r}; known: {SETS}")
 
 
-def default_artifact_dir() -> pathlib.Path:
-    """The alignment the service activates by default (``Settings.default_alignment``, a
-    bundled artifact under nessa/artifacts); ``NESSA_DIARIZE_BENCH_ARTIFACT`` (a folder or a
-    bundled name) overrides it. Naming thresholds come from the artifact itself."""
-    chosen = os.environ.get("NESSA_DIARIZE_BENCH_ARTIFACT")
-    if not chosen:
-        from app.settings import Settings
-        chosen = Settings().default_alignment
+def artifact_dir(chosen: str) -> pathlib.Path:
+    """An artifact folder, or the bundled artifact (under nessa/artifacts) of that name."""
     path = pathlib.Path(chosen)
     return path if path.is_dir() else ROOT / "nessa" / "artifacts" / chosen
 
 
-def build_ours(threads: int = 1, overlap: bool = True, artifact_dir=None, **config):
-    """(diarizer, load seconds): GE2E + artifact (default: the service's default alignment)
-    + segmentation model (Silero only when the config needs it)."""
+def build_ours(artifact: str, threads: int = 1, overlap: bool = True, **config):
+    """(diarizer, load seconds): GE2E + the alignment ``artifact`` (``artifact_dir``) +
+    segmentation model (Silero only when the config needs it)."""
     start = time.perf_counter()
     import torch
 
@@ -96,7 +104,7 @@ def build_ours(threads: int = 1, overlap: bool = True, artifact_dir=None, **conf
     if overlap:
         from diarizer.overlap import OverlapDetector
         detector = OverlapDetector()
-    diarizer = Diarizer(GE2EEmbedder(), AlignmentArtifact.load(artifact_dir or default_artifact_dir()),
+    diarizer = Diarizer(GE2EEmbedder(), AlignmentArtifact.load(artifact_dir(artifact)),
                         config=DiarizerConfig(**config), overlap_detector=detector)
     return diarizer, time.perf_counter() - start
 
@@ -127,6 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-overlap", action="store_true", help="our pipeline without the segmentation model")
     parser.add_argument("--config", default="{}", help="JSON DiarizerConfig overrides for ours")
     parser.add_argument("--threads", type=int, default=1)
+    add_data_arguments(parser)
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
 
@@ -134,8 +143,9 @@ def main(argv=None) -> int:
     from diarizer.result import parse_rttm
     from speechcore.audio import load_audio_file
 
-    diarizer, load_s = build_ours(args.threads, overlap=not args.no_overlap, **json.loads(args.config))
-    items = {name: set_items(name) for name in args.sets}
+    diarizer, load_s = build_ours(args.artifact, args.threads, overlap=not args.no_overlap,
+                                  **json.loads(args.config))
+    items = {name: set_items(name, args.shared_data_dir) for name in args.sets}
 
     # ---- ours
     ours_dir = out / "ours"

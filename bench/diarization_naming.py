@@ -1,6 +1,7 @@
 """Naming accuracy on the simulated test-other conversations of bench.diarization_compare.
 
     python -m bench.diarization_naming [--folder var/diar-sets/sim-test-other] [--strangers 1]
+        [--artifact NAME_OR_FOLDER] [--shared-data-dir DIR]
 
 Each conversation's speakers are enrolled (CAM++ enrollment vector + GE2E runtime vector,
 as the service does) from 3 of their utterances that the conversation did not use; with
@@ -17,6 +18,8 @@ import pathlib
 import sys
 
 import numpy as np
+
+from bench.diarization_compare import add_data_arguments, build_ours, make_simulated
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -54,18 +57,19 @@ def main(argv=None) -> int:
     parser.add_argument("--strangers", type=int, default=0)
     parser.add_argument("--enroll-utterances", type=int, default=3)
     parser.add_argument("--config", default="{}")
+    add_data_arguments(parser)
     args = parser.parse_args(argv)
 
-    from bench.diarization_compare import DATA, build_ours, make_simulated
     from diarizer.evaluate import folder_items
     from diarizer.naming import Gallery
     from enroll_models.campplus import CamPlusPlusEmbedder
     from speechcore.audio import load_audio_file
     from speechcore.embedder import l2_normalise
 
-    source = pathlib.Path(args.source or DATA / "librispeech" / "test-other")
-    diarizer, _ = build_ours(1, overlap=True, **json.loads(args.config))
-    make_simulated(args.folder)
+    test_other = args.shared_data_dir / "librispeech" / "test-other"
+    source = pathlib.Path(args.source) if args.source else test_other
+    diarizer, _ = build_ours(args.artifact, 1, overlap=True, **json.loads(args.config))
+    make_simulated(test_other, args.folder)
     campplus = CamPlusPlusEmbedder()
     enrolled_ok = enrolled_tot = stranger_ok = stranger_tot = enrolled_det = stranger_det = 0
     count_ok = thr_ok = n = 0

@@ -3,15 +3,16 @@ pyannote-clips train + development, and conversations simulated from Speech Comm
 speakers (scripts/make_sc_concat.py) and from LibriSpeech train-clean-100 pieces (both
 disjoint from LibriSpeech test-other). Never clips test, never test-other conversations.
 
-    VERBOSE=1 .venv/bin/python scripts/diar_tune.py '{}' '{"seg_speech_threshold": 0.6}'
-    SETS=sample,train,dev,simtune,tc .venv/bin/python scripts/diar_tune.py '{}' ...
-    STRANGERS=1 DISTRACTORS=20 SETS=simname,tc .venv/bin/python scripts/diar_tune.py '{}' ...
+    .venv/bin/python scripts/diar_tune.py --verbose '{}' '{"seg_speech_threshold": 0.6}'
+    .venv/bin/python scripts/diar_tune.py --sets sample,train,dev,simtune,tc '{}' ...
+    .venv/bin/python scripts/diar_tune.py --strangers 1 --distractors 20 --sets simname,tc '{}' ...
 
 Each line: DER c=0 / c=0.25, exact count, miss / false alarm / confusion shares; for the
 naming sets (simname, tc) also the share of reference speech carrying the right name.
 Model outputs (Silero, segmentation, GE2E windows, enrollment vectors) are cached in memory
 and under var/diar-tune-cache across runs (note: the Silero cache ignores vad_threshold).
 """
+import argparse
 import hashlib
 import json
 import pathlib
@@ -24,12 +25,11 @@ torch.set_num_threads(1)
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.diarization_compare import build_ours, set_items  # noqa: E402
+from bench.diarization_compare import add_data_arguments, build_ours, set_items  # noqa: E402
 from diarizer.evaluate import Scorer, count_speakers, folder_items  # noqa: E402
 from diarizer import Diarizer, DiarizerConfig  # noqa: E402
 from speechcore.audio import load_audio_file  # noqa: E402
 
-VERBOSE = bool(int(__import__("os").environ.get("VERBOSE", "0")))
 TUNE_SIM = ROOT / "var" / "diar-sets" / "sim-tune"
 
 
@@ -69,7 +69,7 @@ TC_CORPUS = ROOT / "var" / "corpora" / "tc100-split"
 TC_SIM = ROOT / "var" / "diar-sets" / "sim-tc100-tune"
 
 
-def make_tc_sim(count=24, seed=17):
+def make_tc_sim(shared_data_dir: pathlib.Path, count=24, seed=17):
     """LibriSpeech train-clean-100 (disjoint from test-other): each speaker's ~12.5-s
     utterance cut into 3 pieces (var/corpora/tc100-split/<speaker>/pN.flac); conversations
     of 2-5 speakers with 2 turns each (naming enrolls from the third piece, ~4 s)."""
@@ -78,7 +78,7 @@ def make_tc_sim(count=24, seed=17):
     import soundfile as sf
     from diarizer.simulate import simulate_conversation
     from speechcore.vad import SileroVAD
-    src = ROOT.parent / "shared" / "data" / "librispeech" / "train-clean-100"
+    src = shared_data_dir / "librispeech" / "train-clean-100"
     for f in sorted(src.glob("*.flac")):
         out = TC_CORPUS / f.name.split("-")[0]
         if out.exists():
@@ -164,8 +164,10 @@ class CachedDetector:
         return self.cache[k]
 
 
-def _enroll(sets, wavs, source, cached, cam, emb, n_utts=3):
-    """Per conversation: Gallery of all its speakers from up to n_utts unused utterances."""
+def _enroll(sets, wavs, source, cached, cam, emb, strangers=0, distractors=0, n_utts=3):
+    """Per conversation: Gallery of its speakers but the first ``strangers``, plus
+    ``distractors`` speakers from elsewhere in the corpus, each from up to n_utts unused
+    utterances."""
     import json as _json
     from diarizer.naming import Gallery
     from speechcore.embedder import l2_normalise
@@ -174,9 +176,6 @@ def _enroll(sets, wavs, source, cached, cam, emb, n_utts=3):
         meta = _json.loads(it.audio.with_suffix(".json").read_text())
         used = {u for us in meta["utterances"].values() for u in us}
         enroll, runtime, enrolled = [], [], []
-        import os as _os
-        strangers = int(_os.environ.get("STRANGERS", "0"))
-        distractors = int(_os.environ.get("DISTRACTORS", "0"))
         others = [d.name for d in sorted(source.iterdir()) if d.name not in meta["speakers"]]
         rng = np.random.default_rng(len(out))
         extra = [others[i] for i in rng.permutation(len(others))[:distractors]]
@@ -198,23 +197,37 @@ def _enroll(sets, wavs, source, cached, cam, emb, n_utts=3):
     return out
 
 
-def main(configs):
-    """Each argument: a JSON object of DiarizerConfig overrides (plus "no_overlap", and
-    "artifact": a folder name under nessa/artifacts). SETS=sample,train,dev,simtune,simname
-    picks the sets; simname = naming on sim-name-tune, tc = DER + naming on
-    conversations from train-clean-100 pieces (make_tc_sim) (everyone enrolled from 3 unused utterances,
-    CAM++ + GE2E): share of reference speech carrying the right name."""
-    import os
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configs", nargs="*", default=[],
+                        help='JSON DiarizerConfig overrides, one run each (plus "no_overlap", and '
+                             '"artifact": a folder name under nessa/artifacts)')
+    parser.add_argument("--sets", default="sample,train,dev,simtune",
+                        help="comma-separated: sample, train, dev, simtune, simname, tc")
+    parser.add_argument("--strangers", type=int, default=0,
+                        help="naming sets: the first N speakers of each conversation stay unenrolled")
+    parser.add_argument("--distractors", type=int, default=0,
+                        help="naming sets: also enroll N speakers who are not in the conversation")
+    parser.add_argument("--verbose", action="store_true", help="one line per file on stderr")
+    add_data_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace):
+    """One line per config over the chosen sets; simname = naming on sim-name-tune, tc = DER +
+    naming on conversations from train-clean-100 pieces (make_tc_sim) (everyone enrolled from
+    3 unused utterances, CAM++ + GE2E): share of reference speech carrying the right name."""
     from nessa.artifact import AlignmentArtifact
     from bench.diarization_naming import label_shares
     make_tune_sim()
-    base, _ = build_ours(1, overlap=True)
+    base, _ = build_ours(args.artifact, 1, overlap=True)
     emb, vad, det = CachedEmbedder(base.embedder), CachedVAD(base.vad), CachedDetector(base.overlap_detector)
-    wanted = os.environ.get("SETS", "sample,train,dev,simtune").split(",")
-    loaders = {"sample": lambda: set_items("sample"), "train": lambda: set_items("clips-train"),
-               "dev": lambda: set_items("clips-dev"), "simtune": lambda: folder_items(TUNE_SIM),
+    wanted = args.sets.split(",")
+    data = args.shared_data_dir
+    loaders = {"sample": lambda: set_items("sample", data), "train": lambda: set_items("clips-train", data),
+               "dev": lambda: set_items("clips-dev", data), "simtune": lambda: folder_items(TUNE_SIM),
                "simname": lambda: (make_name_sim(), folder_items(NAME_SIM))[1],
-               "tc": lambda: (make_tc_sim(), folder_items(TC_SIM))[1]}
+               "tc": lambda: (make_tc_sim(data), folder_items(TC_SIM))[1]}
     sets = {n: loaders[n]() for n in wanted}
     wavs = {(n, it.uri): load_audio_file(it.audio) for n, rows in sets.items() for it in rows}
     galleries = {}
@@ -224,13 +237,14 @@ def main(configs):
         cam = CamPlusPlusEmbedder()
         if "simname" in sets:
             galleries.update(_enroll(sets["simname"], wavs, ROOT / "var" / "corpora" / "sc-concat", cached,
-                                     cam, emb))
+                                     cam, emb, args.strangers, args.distractors))
         if "tc" in sets:
-            galleries.update(_enroll(sets["tc"], wavs, TC_CORPUS, cached, cam, emb))
+            galleries.update(_enroll(sets["tc"], wavs, TC_CORPUS, cached, cam, emb, args.strangers,
+                                     args.distractors))
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         import pickle
         (CACHE_DIR / "enroll.pkl").write_bytes(pickle.dumps(cached))
-    for text in configs:
+    for text in args.configs:
         cfg = json.loads(text)
         no_overlap = cfg.pop("no_overlap", False)
         artifact = base.artifact
@@ -258,7 +272,7 @@ def main(configs):
                         named[off + 1] += t
                         if off == 0:
                             named[2] += dd
-                if VERBOSE:
+                if args.verbose:
                     ci = r.info.get("clustering", {})
                     print(n, it.uri, count_speakers(it.reference), r.num_speakers, ci.get("eigengap_count"),
                           ci.get("threshold_count"), ci.get("segmentation_floor"), r.info["windows"],
@@ -276,4 +290,4 @@ def main(configs):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(parse_args())

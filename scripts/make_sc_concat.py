@@ -10,7 +10,11 @@ import numpy as np
 import soundfile as sf
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SRC = ROOT.parent / "shared" / "data" / "speech-commands"
+sys.path.insert(0, str(ROOT))
+
+from app.settings import Settings  # noqa: E402
+
+SRC = Settings.from_env().shared_data_dir / "speech-commands"
 OUT = ROOT / "var" / "corpora" / "sc-concat"
 
 
