@@ -9,6 +9,10 @@
     -> frame-level re-segmentation (10 ms), median smoothing, speech edges widened,
     overlap second speakers -> naming.
 
+``Diarizer.diarize`` calls one method per stage and times each through one ``StageClock``;
+the stages' work lives in speech.py, windows.py, clustering.py, resegmentation.py and
+naming.py, their knobs in config.py.
+
 Everything model-like (runtime embedder, artifact, VAD, gallery) is passed in; this
 package never imports ``app``.
 """
