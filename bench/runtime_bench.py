@@ -48,6 +48,7 @@ def run(n_queries: int = 60, crop_seconds: float = 3.0, shared_data: pathlib.Pat
         settings = settings.replace(data_dir=pathlib.Path(tmp), database_url="", torch_threads=1)
         db.upgrade(settings.resolved_database_url)
         services = Services(settings)
+        services.prepare()
         # Warm the models so that load time is not counted as throughput or latency.
         services.enroll_embedder.embed([np.zeros(16000, np.float32)])
         services.runtime_embedder.embed([np.zeros(16000, np.float32)])

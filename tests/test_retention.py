@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from app.store import db, models
+from app.store import db, models, profiles
 from app.store.job_queue import jobs
 from app.services import retention
-from app.services.enrollment import ENROLL_JOB, refresh_profile
-from app.services.gallery import Gallery
+from app.services.enrollment import ENROLL_JOB
+from app.services.profile_index import ProfileIndex
 
 ENROLL_SPACE, ENROLL_DIM = "campplus-192", 192
 RUNTIME_SPACE, RUNTIME_DIM = "ge2e-256", 256
@@ -53,7 +53,7 @@ def _enroll_random_speaker(harness, name: str, rng, n_enrollments: int = 3) -> t
             _add_enrollment(session, speaker_id, vectors={ENROLL_SPACE: _random_unit(rng, ENROLL_DIM),
                                                           RUNTIME_SPACE: _random_unit(rng, RUNTIME_DIM)})
         for space in (ENROLL_SPACE, RUNTIME_SPACE):
-            refresh_profile(session, speaker_id, space=space)
+            profiles.refresh(session, speaker_id, space=space)
         session.commit()
         blobs = list(session.scalars(sa.select(models.Embedding.vector).filter_by(speaker_id=speaker_id)))
         blobs += list(session.scalars(sa.select(models.Profile.vector).filter_by(speaker_id=speaker_id)))
@@ -283,7 +283,7 @@ def test_old_change_log_rows_are_pruned_and_an_index_that_missed_them_rebuilds(h
             _set_profile(session, speaker_id, rng)
             _change(session, speaker_id, "upsert")
         session.commit()
-    sleeper = Gallery(session_factory)
+    sleeper = ProfileIndex(session_factory)
     sleeper.rebuild()
     assert set(sleeper.ids(ENROLL_SPACE)) == {stays, deleted}
 
@@ -312,7 +312,7 @@ def test_an_index_that_saw_every_pruned_row_does_not_rebuild(harness, monkeypatc
         _set_profile(session, speaker_id, rng)
         _change(session, speaker_id, "upsert")
         session.commit()
-    awake = Gallery(session_factory)
+    awake = ProfileIndex(session_factory)
     awake.rebuild()
     with session_factory() as session:
         _age_all_changes(session)
@@ -321,7 +321,7 @@ def test_an_index_that_saw_every_pruned_row_does_not_rebuild(harness, monkeypatc
     with session_factory() as session:
         _change(session, speaker_id, "upsert")  # the next id after the pruned ones
         session.commit()
-    monkeypatch.setattr(awake, "rebuild", lambda: pytest.fail("rebuilt without need"))
+    monkeypatch.setattr(awake, "rebuild", lambda *_: pytest.fail("rebuilt without need"))
     awake.sync()
     assert awake.ids(ENROLL_SPACE) == [speaker_id]
 

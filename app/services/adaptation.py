@@ -11,8 +11,7 @@ import numpy as np
 import soundfile as sf
 import sqlalchemy as sa
 
-from app.store import models
-from app.store.db import FloatVector
+from app.store import embeddings, models
 
 #: besides the whole utterance, crops of these lengths (seconds) from its speech
 CROP_SECONDS = (2.0, 1.0)
@@ -33,12 +32,7 @@ def gallery_pairs(services, artifact, *, seed: int = 0):
         enrollments = session.execute(
             sa.select(models.Enrollment.id, models.Enrollment.speaker_id, models.Enrollment.audio_path)
             .where(models.Enrollment.status == "done").order_by(models.Enrollment.id)).all()
-        stored = {}
-        for row in session.execute(
-                sa.select(models.Embedding.enrollment_id, models.Embedding.model_version, models.Embedding.dim,
-                          models.Embedding.vector)
-                .where(models.Embedding.model_version.in_([source_model.version, target_model.version]))):
-            stored[(row.enrollment_id, row.model_version)] = FloatVector.from_bytes(row.vector, row.dim)
+        stored = embeddings.vectors_by_enrollment_and_model(session, [source_model.version, target_model.version])
     for enrollment in enrollments:
         source = stored.get((enrollment.id, source_model.version))
         target = stored.get((enrollment.id, target_model.version))

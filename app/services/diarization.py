@@ -11,15 +11,14 @@ import uuid
 
 import numpy as np
 import soundfile as sf
-import sqlalchemy as sa
 
 from jobqueue import PermanentJobError
 
 from app.store.job_queue import jobs
-from app.store import models
-from app.store.db import FloatVector
+from app.store import profiles
 from app.errors import bad_request
 from app.services.audio_input import SAMPLE_RATE, decode_upload
+from app.services.speakers import speaker_names
 
 DIARIZE_JOB = "diarize"
 
@@ -36,27 +35,20 @@ def load_gallery(services, *, enroll_space: str, runtime_space: str, candidates=
     from diarizer import Gallery
 
     with services.session() as session:
-        query = (sa.select(models.Profile.speaker_id, models.Profile.dim, models.Profile.vector, models.Speaker.name)
-                 .join(models.Speaker, models.Speaker.id == models.Profile.speaker_id)
-                 .where(models.Profile.space == enroll_space))
-        if candidates:
-            query = query.where(models.Profile.speaker_id.in_(list(candidates)))
-        rows = session.execute(query.order_by(models.Profile.speaker_id)).all()
-        if not rows:
+        enrolled = profiles.read(session, enroll_space, candidates or None)
+        if not enrolled:
             return None, {}
-        ids = [r.speaker_id for r in rows]
-        runtime = dict(session.execute(
-            sa.select(models.Profile.speaker_id, models.Profile.vector)
-            .where(models.Profile.space == runtime_space, models.Profile.speaker_id.in_(ids))).all())
-        runtime_dim = session.scalar(sa.select(models.Profile.dim).where(models.Profile.space == runtime_space).limit(1))
-    enroll_vectors = np.stack([FloatVector.from_bytes(r.vector, r.dim) for r in rows])
+        ids = [p.speaker_id for p in enrolled]
+        runtime = {p.speaker_id: p.vector for p in profiles.read(session, runtime_space, ids)}
+        runtime_dim = profiles.dim_of_space(session, runtime_space)
+        names = speaker_names(session, ids)
+    enroll_vectors = np.stack([p.vector for p in enrolled])
     runtime_vectors = None
     if runtime_dim:
         runtime_vectors = np.full((len(ids), runtime_dim), np.nan, dtype=np.float32)
         for i, speaker_id in enumerate(ids):
             if speaker_id in runtime:
-                runtime_vectors[i] = FloatVector.from_bytes(runtime[speaker_id], runtime_dim)
-    names = {r.speaker_id: r.name for r in rows}
+                runtime_vectors[i] = runtime[speaker_id]
     return Gallery(ids, enroll_vectors, runtime_vectors, labels=[str(i) for i in ids]), names
 
 

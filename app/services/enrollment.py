@@ -5,40 +5,34 @@ enrollment always has a job, and the job survives any crash of the worker runnin
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 import pathlib
 import uuid
 
-import numpy as np
 import soundfile as sf
 import sqlalchemy as sa
 
 from jobqueue import PermanentJobError
 
+from app.errors import not_found
 from app.store.job_queue import jobs
-from app.store import models
+from app.store import embeddings, models, profiles
 from app.services import registry
-from app.store.db import FloatVector, select_for_update
+from app.store.db import select_for_update
+from app.store.models import utcnow
 from app.services.audio_input import SAMPLE_RATE, prepare_audio
-from app.services.speakers import get_speaker
-from speechcore.embedder import l2_normalise
 
 log = logging.getLogger(__name__)
 ENROLL_JOB = "enroll"
 
 
-def _now():
-    return dt.datetime.now(dt.timezone.utc)
-
-
 def submit_enrollment(services, speaker_id: int, data: bytes, *, created_by_key_id: int | None = None):
     """Validate the audio now (clear 4xx errors), store it, queue the heavy embedding.
-    ``created_by_key_id``: the API key asking, the one (with admin keys) that may read the job."""
+    The caller has found the speaker (a 404 before the upload is read); one deleted since
+    is a 404 too. ``created_by_key_id``: the API key asking, the one (with admin keys) that
+    may read the job."""
     settings = services.settings
-    with services.session() as session:
-        get_speaker(session, speaker_id)  # 404 before any work
     prepared = prepare_audio(services, data, min_speech_s=settings.min_enroll_speech_seconds)
     # Store the decoded 16 kHz mono signal (lossless FLAC): what the models consume,
     # and what a model upgrade re-embeds later.
@@ -48,14 +42,17 @@ def submit_enrollment(services, speaker_id: int, data: bytes, *, created_by_key_
     sf.write(path, prepared.wav, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     try:
         with services.session() as session:
-            get_speaker(session, speaker_id)  # it may have been deleted meanwhile
             enrollment = models.Enrollment(
                 speaker_id=speaker_id, status="queued", audio_path=str(path),
                 audio_sha256=hashlib.sha256(data).hexdigest(), audio_bytes=len(data),
                 duration_s=prepared.duration_s, speech_s=prepared.speech_s,
                 source_format=prepared.source_format)
             session.add(enrollment)
-            session.flush()
+            try:
+                session.flush()
+            except sa.exc.IntegrityError as exc:
+                # the row's one foreign key: the speaker was deleted while its audio was prepared
+                raise not_found("speaker", speaker_id) from exc
             job = jobs.enqueue(session, ENROLL_JOB, job_subject(enrollment), max_attempts=settings.job_max_attempts,
                                created_by_key_id=created_by_key_id)
             session.commit()
@@ -130,49 +127,19 @@ def process_enrollment(services, ctx) -> dict:
         for version in vectors:
             registry.ensure_model(session, version)
         # Re-running after a crash replaces what a previous attempt may have stored.
-        session.execute(sa.delete(models.Embedding).filter_by(enrollment_id=enrollment_id))
-        for version, vector in vectors.items():
-            session.add(models.Embedding(
-                enrollment_id=enrollment_id, speaker_id=enrollment.speaker_id, model_version=version,
-                space=version, dim=int(vector.shape[0]), vector=FloatVector.to_bytes(vector)))
+        embeddings.replace_for_enrollment(session, enrollment_id, enrollment.speaker_id, vectors)
         enrollment.status = "done"
-        enrollment.completed_at = _now()
+        enrollment.completed_at = utcnow()
         enrollment.error = None
         session.flush()
         for version in vectors:
-            refresh_profile(session, enrollment.speaker_id, space=version)
+            profiles.refresh(session, enrollment.speaker_id, space=version)
         if not services.settings.retain_enrollment_audio:
             enrollment.audio_path = None
         session.commit()
     if not services.settings.retain_enrollment_audio:
         pathlib.Path(audio_path).unlink(missing_ok=True)
     return {"enrollment_id": enrollment_id, "spaces": sorted(vectors)}
-
-
-def refresh_profile(session, speaker_id: int, *, space: str) -> None:
-    """Profile = L2-normalised mean of the speaker's enrollment embeddings in `space`
-    (the space is named after the model that defines it)."""
-    rows = session.execute(
-        sa.select(models.Embedding.dim, models.Embedding.vector, models.Embedding.via_alignment)
-        .join(models.Enrollment, models.Enrollment.id == models.Embedding.enrollment_id)
-        .where(models.Embedding.speaker_id == speaker_id, models.Embedding.space == space,
-               models.Enrollment.status == "done")).all()
-    profile = session.scalar(sa.select(models.Profile).filter_by(speaker_id=speaker_id, space=space))
-    if not rows:
-        if profile is not None:
-            session.delete(profile)
-    else:
-        mean = l2_normalise(np.mean([FloatVector.from_bytes(v, d) for d, v, _ in rows], axis=0))
-        if profile is None:
-            profile = models.Profile(speaker_id=speaker_id, space=space)
-            session.add(profile)
-        profile.model_version = space
-        profile.dim = int(mean.shape[0])
-        profile.vector = FloatVector.to_bytes(mean)
-        profile.n_embeddings = len(rows)
-        profile.n_bridged = sum(1 for _, _, via in rows if via)
-        profile.updated_at = _now()
-    session.add(models.GalleryChange(space=space, speaker_id=speaker_id, op="upsert" if rows else "delete"))
 
 
 def fail_enrollment_in(session, enrollment_id: int, error: str) -> None:

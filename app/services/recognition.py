@@ -16,25 +16,26 @@ import threading
 import time
 
 import numpy as np
-import sqlalchemy as sa
 
-from app.store import models
-from app.store.db import FloatVector
 from app.errors import ApiError
-from app.services import registry
+from app.services.artifact_check import keeps_target_space
 from app.services.audio_input import prepare_audio
-from app.services.speakers import get_speaker
+from app.services.speakers import get_speaker, refuse_unknown_speakers, speaker_names
+from app.store import db, profiles
+from app.store.profiles import StoredProfile
+from nessa.scoring import merge_prepared, split_prepared
 
 # Candidates pulled from each index before exact fused re-scoring.
 PRESELECT = 50
 
 
-def _embed_query(services, data: bytes):
+def _embed_query(services, session, data: bytes):
     prepared = prepare_audio(services, data, min_speech_s=services.settings.min_runtime_speech_seconds)
     timings = dict(prepared.timings_ms)
     # One snapshot of the path in force for the whole request: a switch happening now
     # affects the next request, never half of this one.
-    path = services.path()
+    path = services.paths.current(session)
+    db.end_read(session)
     t0 = time.perf_counter()
     query_runtime = services.embedder(path.runtime_model).embed([prepared.speech])[0]
     t1 = time.perf_counter()
@@ -44,15 +45,6 @@ def _embed_query(services, data: bytes):
     return prepared, path, query_runtime, query_aligned, timings
 
 
-def _profiles(session, speaker_ids, space) -> tuple[dict[int, np.ndarray], set[int]]:
-    """The speakers' profile vectors in `space`, and which of them hold bridged embeddings."""
-    rows = session.execute(
-        sa.select(models.Profile.speaker_id, models.Profile.dim, models.Profile.vector, models.Profile.n_bridged)
-        .where(models.Profile.space == space, models.Profile.speaker_id.in_(speaker_ids))).all()
-    return ({r.speaker_id: FloatVector.from_bytes(r.vector, r.dim) for r in rows},
-            {r.speaker_id for r in rows if r.n_bridged})
-
-
 # keyed by id() of the loaded artifact object (kept alive in the value, so ids are not reused)
 _untouched_by_artifact: dict[int, tuple[object, bool]] = {}
 
@@ -60,25 +52,24 @@ _untouched_by_artifact: dict[int, tuple[object, bool]] = {}
 def _profiles_untouched(artifact) -> bool:
     entry = _untouched_by_artifact.get(id(artifact))
     if entry is None or entry[0] is not artifact:
-        entry = _untouched_by_artifact[id(artifact)] = (artifact, registry.keeps_target_space(artifact))
+        entry = _untouched_by_artifact[id(artifact)] = (artifact, keeps_target_space(artifact))
     return entry[1]
 
 
-def _score(session, artifact, query_runtime, speaker_ids, speech_s: float | None = None):
-    """Exact calibrated scores for the given speakers; those without an enrollment-space
-    profile are not scorable and are left out. Each value: (LLR, scoring path, bridged)."""
-    enroll_space, runtime_space = artifact.target_version, artifact.source_version
-    enrolled, bridged = _profiles(session, speaker_ids, enroll_space)
+def _score(artifact, query_runtime, enrolled: dict[int, StoredProfile], runtime: dict[int, StoredProfile],
+           speech_s: float | None = None):
+    """Exact calibrated scores for the speakers with an enrollment-space profile (the others
+    are not scorable). Each value: (LLR, scoring path, bridged)."""
     if not enrolled:
         return {}
-    runtime, _ = _profiles(session, list(enrolled), runtime_space)
-    order = list(enrolled)
+    order = sorted(enrolled)
     # The artifact scores all candidates at once: its own comparison space, its own
     # normalisation (S-norm cohort) and calibration; profiles without a runtime vector are
     # scored through the alignment alone. The query-independent half is cached per profile.
-    prepared = _PREPARED.get(artifact, [(i, enrolled[i], runtime.get(i)) for i in order])
-    llr, fused = artifact.score_prepared(query_runtime, prepared, seconds=speech_s)
-    return {speaker_id: (float(llr[j]), "fused" if fused[j] else "alignment", speaker_id in bridged)
+    prepared = _PREPARED.get(artifact, [(i, enrolled[i].vector, runtime[i].vector if i in runtime else None)
+                                        for i in order])
+    llr, fused = artifact.scorer.score_prepared(query_runtime, prepared, seconds=speech_s)
+    return {speaker_id: (float(llr[j]), "fused" if fused[j] else "alignment", enrolled[speaker_id].bridged)
             for j, speaker_id in enumerate(order)}
 
 
@@ -104,7 +95,7 @@ class PreparedProfiles:
         missing = [j for j, row in enumerate(rows) if row is None]
         if missing:
             nan = np.full(artifact.source_dim, np.nan, dtype=np.float32)
-            fresh = artifact.split_prepared(artifact.prepare_candidates(
+            fresh = split_prepared(artifact.scorer.prepare_candidates(
                 np.stack([profiles[j][1] for j in missing]),
                 np.stack([nan if profiles[j][2] is None else profiles[j][2] for j in missing])))
             with self._lock:
@@ -112,7 +103,7 @@ class PreparedProfiles:
                     rows[j] = self._rows[keys[j]] = row
                 while len(self._rows) > self.max_entries:
                     self._rows.popitem(last=False)
-        return artifact.merge_prepared(rows)
+        return merge_prepared(rows)
 
 
 _PREPARED = PreparedProfiles()
@@ -121,16 +112,11 @@ _PREPARED = PreparedProfiles()
 def _threshold(artifact, path: str) -> float:
     """Both paths give calibrated LLRs, each with its own operating threshold (chosen for
     a target false-accept rate on the artifact's development trials)."""
-    return float(artifact.candidate_threshold(fused=(path == "fused")))
+    return float(artifact.scorer.candidate_threshold(fused=(path == "fused")))
 
 
-def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | None = None) -> dict:
-    prepared, path, query_runtime, query_aligned, timings = _embed_query(services, data)
-    artifact = path.artifact
-    t0 = time.perf_counter()
-    gallery = services.gallery
-    gallery.sync()
-    restrict = sorted(set(candidates)) if candidates else None
+def _preselect(gallery, artifact, query_runtime, query_aligned, restrict) -> list[int]:
+    """The speakers worth scoring exactly: the nearest in each index the query can meet."""
     hits = gallery.search(artifact.source_version, query_runtime, PRESELECT, restrict_to=restrict)
     if _profiles_untouched(artifact):
         hits += gallery.search(artifact.target_version, query_aligned, PRESELECT, restrict_to=restrict)
@@ -141,11 +127,27 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
         # re-embedded after a runtime upgrade (the runtime index would miss those speakers);
         # otherwise the runtime index preselects.
         hits += [(i, 0.0) for i in gallery.ids(artifact.target_version) if restrict is None or i in restrict]
-    ids = sorted({speaker_id for speaker_id, _ in hits})
+    return sorted({speaker_id for speaker_id, _ in hits})
+
+
+def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | None = None) -> dict:
+    # One database session for the whole request. Profile vectors come from the in-memory
+    # index, brought up to date with the change log; no read stays open while the audio
+    # is decoded and embedded.
     with services.session() as session:
-        scored = _score(session, artifact, query_runtime, ids, prepared.speech_s) if ids else {}
-        names = dict(session.execute(
-            sa.select(models.Speaker.id, models.Speaker.name).where(models.Speaker.id.in_(list(scored)))).all())
+        if candidates:
+            refuse_unknown_speakers(session, candidates)
+            db.end_read(session)
+        prepared, path, query_runtime, query_aligned, timings = _embed_query(services, session, data)
+        artifact = path.artifact
+        t0 = time.perf_counter()
+        gallery = services.gallery
+        gallery.sync(session)
+        ids = _preselect(gallery, artifact, query_runtime, query_aligned,
+                         sorted(set(candidates)) if candidates else None)
+        scored = _score(artifact, query_runtime, gallery.profiles(artifact.target_version, ids),
+                        gallery.profiles(artifact.source_version, ids), prepared.speech_s) if ids else {}
+        names = speaker_names(session, list(scored))
     timings["search"] = (time.perf_counter() - t0) * 1e3
     ranked = sorted(((s, how, i, b) for i, (s, how, b) in scored.items() if i in names), reverse=True)[:top_k]
     best = ranked[0] if ranked else None
@@ -166,13 +168,14 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
 
 def verify(services, data: bytes, *, speaker_id: int) -> dict:
     with services.session() as session:
-        get_speaker(session, speaker_id)
-    prepared, path, query_runtime, query_aligned, timings = _embed_query(services, data)
-    artifact = path.artifact
-    with services.session() as session:
-        speaker = get_speaker(session, speaker_id)
-        scored = _score(session, artifact, query_runtime, [speaker_id], prepared.speech_s)
-        name = speaker.name
+        get_speaker(session, speaker_id)  # 404 before any work
+        db.end_read(session)
+        prepared, path, query_runtime, _, timings = _embed_query(services, session, data)
+        artifact = path.artifact
+        name = get_speaker(session, speaker_id).name  # it may have been deleted meanwhile
+        enrolled = {p.speaker_id: p for p in profiles.read(session, artifact.target_version, [speaker_id])}
+        runtime = {p.speaker_id: p for p in profiles.read(session, artifact.source_version, [speaker_id])}
+        scored = _score(artifact, query_runtime, enrolled, runtime, prepared.speech_s)
     if speaker_id not in scored:
         raise ApiError(409, "speaker_not_enrolled",
                        "This speaker has no completed enrollment yet; wait for its enrollment job.",

@@ -23,12 +23,13 @@ import sqlalchemy as sa
 from jobqueue import NotReady, PermanentJobError
 
 from app.store.job_queue import jobs
-from app.store import models
-from app.store.db import FloatVector, select_for_update
+from app.store import embeddings, models, profiles
+from app.store.db import select_for_update
 from app.errors import ApiError
 from app.services import registry
+from app.services.artifact_check import keeps_target_space
 from app.services.audio_input import SAMPLE_RATE
-from app.services.enrollment import is_job_subject, job_subject, refresh_profile
+from app.services.enrollment import is_job_subject, job_subject
 
 REEMBED_JOB = "reembed"
 REEMBED_BATCH_JOB = "reembed-batch"
@@ -50,7 +51,7 @@ def start_reembed(services, version: str, *, bridge: str | None = None, actor: s
             if artifact.target_version != version:
                 raise ApiError(400, "invalid_bridge", f"bridge {bridge!r} maps into {artifact.target_version!r}, "
                                f"not {version!r}", {"bridge": bridge, "target": artifact.target_version})
-            if artifact.source_version == version or not registry.keeps_target_space(artifact):
+            if artifact.source_version == version or not keeps_target_space(artifact):
                 raise ApiError(400, "invalid_bridge", f"bridge {bridge!r} does not map another space into "
                                f"{version!r} itself (a shared-space alignment cannot bridge)", {"bridge": bridge})
         job = jobs.enqueue(session, REEMBED_JOB, {"model_version": version, "bridge": bridge},
@@ -64,9 +65,7 @@ def start_reembed(services, version: str, *, bridge: str | None = None, actor: s
 
 def _pending_enrollments(session, version: str) -> list[dict]:
     """Completed enrollments without a vector in `version`'s space, as job subjects."""
-    have = sa.select(models.Embedding.enrollment_id).where(models.Embedding.space == version)
-    return [job_subject(e) for e in session.scalars(sa.select(models.Enrollment).where(
-        models.Enrollment.status == "done", models.Enrollment.id.not_in(have)).order_by(models.Enrollment.id))]
+    return [job_subject(e) for e in embeddings.completed_enrollments_without_vector(session, version)]
 
 
 def _batch_subjects(payload: dict) -> dict[int, dict]:
@@ -106,8 +105,7 @@ def process_reembed(services, ctx) -> dict:
         summary = {"model_version": version, "bridge": bridge, "batches": total}
         for key in ("embedded", "bridged", "already_done", "not_retained", "gone"):
             summary[key] = sum(int((c.result or {}).get(key, 0)) for c in children)
-        summary["profiles"] = session.scalar(sa.select(sa.func.count()).select_from(models.Profile)
-                                             .where(models.Profile.space == version))
+        summary["profiles"] = profiles.count(session, version)
         return summary
 
 
@@ -123,17 +121,13 @@ def process_reembed_batch(services, ctx) -> dict:
         if bridge:
             row = registry.get_artifact_row(session, bridge)
             bridge_artifact = services.paths.artifact(row.name, row.path, row.sha256)
-        done = set(session.scalars(sa.select(models.Embedding.enrollment_id).where(
-            models.Embedding.space == version, models.Embedding.enrollment_id.in_(ids))))
+        done = embeddings.enrollments_with_vector(session, version, ids)
         rows = [e for e in session.scalars(sa.select(models.Enrollment).where(models.Enrollment.id.in_(ids)))
                 if is_job_subject(e, subjects[e.id])]
         subjects = {r.id: job_subject(r) for r in rows}  # what is embedded below: checked again before storing
         old = {}
         if bridge_artifact is not None:
-            old = {r.enrollment_id: FloatVector.from_bytes(r.vector, r.dim) for r in session.execute(
-                sa.select(models.Embedding.enrollment_id, models.Embedding.dim, models.Embedding.vector)
-                .where(models.Embedding.enrollment_id.in_(ids),
-                       models.Embedding.space == bridge_artifact.source_version))}
+            old = embeddings.vectors_by_enrollment(session, bridge_artifact.source_version, ids)
     embedder = services.embedder(version)
     counts = {"embedded": 0, "bridged": 0, "already_done": len(done), "not_retained": 0, "gone": 0}
     new_vectors: dict[int, tuple[int, np.ndarray, str | None, str]] = {}
@@ -162,17 +156,15 @@ def process_reembed_batch(services, ctx) -> dict:
         present = {e.id for e in select_for_update(session, sa.select(models.Enrollment).where(
             models.Enrollment.id.in_(list(new_vectors)), models.Enrollment.status == "done")).scalars()
             if is_job_subject(e, subjects[e.id])}
-        have = set(session.scalars(sa.select(models.Embedding.enrollment_id).where(
-            models.Embedding.space == version, models.Embedding.enrollment_id.in_(list(new_vectors)))))
+        have = embeddings.enrollments_with_vector(session, version, new_vectors)
         for enrollment_id, (speaker_id, vector, via, produced_by) in new_vectors.items():
             if enrollment_id not in present or enrollment_id in have:
                 continue  # deleted meanwhile, or another worker finished it first
-            session.add(models.Embedding(enrollment_id=enrollment_id, speaker_id=speaker_id,
-                                         model_version=produced_by, space=version, dim=int(vector.shape[0]),
-                                         vector=FloatVector.to_bytes(vector), via_alignment=via))
+            embeddings.add(session, enrollment_id=enrollment_id, speaker_id=speaker_id, space=version,
+                           vector=vector, produced_by=produced_by, via_alignment=via)
             speakers.add(speaker_id)
         session.flush()
         for speaker_id in sorted(speakers):
-            refresh_profile(session, speaker_id, space=version)
+            profiles.refresh(session, speaker_id, space=version)
         session.commit()
     return counts

@@ -146,7 +146,7 @@ def prune_gallery_changes(session_factory, *, retention_days: float, batch_size:
 
     Always a prefix of the ids (up to the newest old row), never a row above a kept one:
     a process that had not yet applied a pruned row then finds the oldest remaining id
-    beyond the next one it expects, and rebuilds its index (Gallery.sync).
+    beyond the next one it expects, and rebuilds its index (ProfileIndex.sync).
     """
     if retention_days <= 0:
         return 0

@@ -5,7 +5,7 @@ import pathlib
 
 import sqlalchemy as sa
 
-from app.store import db, models
+from app.store import db, models, profiles
 from app.errors import ApiError, not_found
 
 #: the tables that hold a speaker's personal data (vectors, name, audio references)
@@ -15,14 +15,14 @@ SPEAKER_TABLES = ("embeddings", "profiles", "enrollments", "speakers")
 def speaker_to_dict(session, speaker: models.Speaker) -> dict:
     enrollments = session.scalars(
         sa.select(models.Enrollment).filter_by(speaker_id=speaker.id).order_by(models.Enrollment.id)).all()
-    profiles = session.scalars(sa.select(models.Profile).filter_by(speaker_id=speaker.id)).all()
+    speaker_profiles = profiles.for_speaker(session, speaker.id)
     return {
         "id": speaker.id, "name": speaker.name, "external_id": speaker.external_id,
         "created_at": speaker.created_at.isoformat(),
         "enrollments": [enrollment_to_dict(e) for e in enrollments],
         "profiles": [{"space": p.space, "model_version": p.model_version, "n_embeddings": p.n_embeddings,
-                      "n_bridged": p.n_bridged, "updated_at": p.updated_at.isoformat()} for p in profiles],
-        "enrolled": any(p.space for p in profiles),
+                      "n_bridged": p.n_bridged, "updated_at": p.updated_at.isoformat()} for p in speaker_profiles],
+        "enrolled": any(p.space for p in speaker_profiles),
     }
 
 
@@ -52,6 +52,27 @@ def get_speaker(session, speaker_id: int) -> models.Speaker:
     return speaker
 
 
+def list_speakers(session, *, limit: int, offset: int) -> tuple[int, list[models.Speaker]]:
+    """(how many speakers there are, one page of them in id order)."""
+    total = session.scalar(sa.select(sa.func.count(models.Speaker.id)))
+    rows = session.scalars(sa.select(models.Speaker).order_by(models.Speaker.id).limit(limit).offset(offset)).all()
+    return total, list(rows)
+
+
+def refuse_unknown_speakers(session, speaker_ids: list[int]) -> None:
+    """404 naming every id in `speaker_ids` that is no speaker."""
+    known = set(session.scalars(sa.select(models.Speaker.id).where(models.Speaker.id.in_(speaker_ids))))
+    missing = sorted(set(speaker_ids) - known)
+    if missing:
+        raise ApiError(404, "speaker_not_found", "Unknown speaker ids in 'candidates'.", {"ids": missing})
+
+
+def speaker_names(session, speaker_ids: list[int]) -> dict[int, str]:
+    """The names of those of `speaker_ids` that are speakers."""
+    return dict(session.execute(
+        sa.select(models.Speaker.id, models.Speaker.name).where(models.Speaker.id.in_(speaker_ids))).all())
+
+
 def delete_speaker(session, speaker_id: int) -> list[pathlib.Path]:
     """Delete the speaker and everything derived from it; returns audio files to remove
     once the transaction has committed (so a failed commit loses nothing)."""
@@ -62,15 +83,12 @@ def delete_speaker(session, speaker_id: int) -> list[pathlib.Path]:
     db.select_for_update(session, sa.select(models.Enrollment.id).filter_by(speaker_id=speaker_id))
     files = [pathlib.Path(p) for p in session.scalars(
         sa.select(models.Enrollment.audio_path).filter_by(speaker_id=speaker_id)) if p]
-    spaces = set(session.scalars(sa.select(models.Profile.space).filter_by(speaker_id=speaker_id)))
-    spaces |= set(session.scalars(sa.select(models.Embedding.space).filter_by(speaker_id=speaker_id)))
     # Explicit deletes (not only ON DELETE CASCADE) so both databases behave the same.
-    session.execute(sa.delete(models.Embedding).filter_by(speaker_id=speaker_id))
-    session.execute(sa.delete(models.Profile).filter_by(speaker_id=speaker_id))
+    spaces = profiles.delete_speaker_vectors(session, speaker_id)
     session.execute(sa.delete(models.Enrollment).filter_by(speaker_id=speaker_id))
     session.delete(speaker)
     for space in sorted(spaces):
-        session.add(models.GalleryChange(space=space, speaker_id=speaker_id, op="delete"))
+        profiles.log_change(session, space, speaker_id, "delete")
     return files
 
 

@@ -80,6 +80,13 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def end_read(session: Session) -> None:
+    """End the session's read-only transaction before slow work that needs no database: its
+    connection goes back to the pool and, on SQLite, its snapshot no longer holds back WAL
+    checkpoints. The session stays usable; its next statement begins a new transaction."""
+    session.rollback()
+
+
 def select_for_update(session: Session, statement: sa.Select) -> sa.Result:
     """Run a SELECT whose answer must still hold when this transaction writes and commits.
 
