@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from app.cli import db, diarize, keys, lab, models, serve
 from app.cli.common import fail
+from app.errors import ApiError
 from app.settings import Settings
 
 COMMAND_GROUPS = (serve, db, keys, lab, diarize, models)
@@ -30,4 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("faiss.loader", "alembic.runtime.plugins", "alembic.runtime.migration", "speechbrain.utils.quirks"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return args.func(args, settings)
+    try:
+        return args.func(args, settings)
+    except ApiError as exc:  # rendered here, the one way for every command
+        return fail(exc)

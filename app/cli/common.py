@@ -1,11 +1,19 @@
 """What every command group shares: failing, the actor, opening the services."""
 from __future__ import annotations
 
+import json
 import sys
 
+from app.errors import ApiError
 from app.settings import Settings
 
-def fail(message: str, code: int = 2) -> int:
+
+def fail(error: str | ApiError, code: int = 2) -> int:
+    """Print the command's error line and return its exit status. An ApiError (what the
+    services raise, for the API and the CLI alike) shows its message and its detail as JSON."""
+    message = error
+    if isinstance(error, ApiError):
+        message = error.message + (f" {json.dumps(error.detail, default=str)}" if error.detail else "")
     print(f"nessa: error: {message}", file=sys.stderr)
     return code
 
@@ -45,12 +53,16 @@ def actor() -> str:
 
 
 def open_services(settings: Settings):
+    """The services of a command that uses the model registry: prepared, as a server's are
+    (artifacts found on disk registered, a path in force on a fresh database)."""
     from app.services.container import SchemaNotReady, Services
 
     try:
-        return Services(settings)
+        services = Services(settings)
     except SchemaNotReady as exc:
         raise SystemExit(fail(str(exc)))
+    services.prepare()
+    return services
 
 
 def safe_url(url: str) -> str:

@@ -41,20 +41,16 @@ def cmd_diarize(args, settings: Settings) -> int:
     import json
     import pathlib
 
-    from app.errors import ApiError
     from app.services import diarization
 
     path = pathlib.Path(args.file)
     if not path.is_file():
         return fail(f"no such audio file: {path}")
     services = open_services(settings)
-    try:
-        body = diarization.diarize_wav(
-            services, _decode_file(path, settings), num_speakers=args.num_speakers,
-            min_speakers=args.min_speakers, max_speakers=args.max_speakers,
-            name_against_gallery=args.name_against_gallery)
-    except ApiError as exc:
-        return fail(f"{exc.message} {exc.detail}")
+    body = diarization.diarize_wav(
+        services, _decode_file(path, settings), num_speakers=args.num_speakers,
+        min_speakers=args.min_speakers, max_speakers=args.max_speakers,
+        name_against_gallery=args.name_against_gallery)
     if args.rttm:
         pathlib.Path(args.rttm).write_text(diarization.rttm_text(body, path.stem))
     if args.json:

@@ -145,7 +145,7 @@ def cmd_align(args, settings: Settings) -> int:
                 session.commit()
                 print(f"activated {args.name} (deployment {deployment.id})")
     except ApiError as exc:
-        return fail(exc.message)
+        return fail(exc)
     finally:
         engine.dispose()
     return 0
@@ -202,7 +202,7 @@ def _align_adapt(args, settings: Settings) -> int:
                 activate(session, adapted.name, actor=actor(), force=True)
             session.commit()
     except ApiError as exc:
-        return fail(exc.message)
+        return fail(exc)
     print(f"registered{' and activated' if args.activate else ''} {adapted.name}")
     return 0
 

@@ -116,7 +116,6 @@ def _wait_for_job(services, job_id: int, *, workers: int) -> dict:
 
 
 def cmd_models(args, settings: Settings) -> int:
-    from app.errors import ApiError
     from app.services import registry
 
     services = open_services(settings)
@@ -179,9 +178,6 @@ def cmd_models(args, settings: Settings) -> int:
                                                    "top1_points": args.tolerance_top1})
             _print_evaluation(result)
             return 0
-    except ApiError as exc:
-        detail = f" {json.dumps(exc.detail)}" if exc.detail else ""
-        return fail(f"{exc.message}{detail}")
     finally:
         services.close()
     return fail(f"unknown command {command}")

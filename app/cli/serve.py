@@ -29,6 +29,7 @@ def cmd_serve(args, settings: Settings) -> int:
     settings = settings.replace(host=args.host or settings.host, port=args.port or settings.port)
     services = open_services(settings)
     app = create_app(settings, services=services, start_worker=args.with_worker or settings.in_process_worker)
+    services.gallery.sync()  # load the profile index now rather than in the first request
     url = f"http://{settings.host}:{settings.port}"
     print(f"NESSA listening on {url}  (database {safe_url(services.database_url)}, "
           f"worker {'in-process' if args.with_worker else 'separate: run `nessa worker`'})")
