@@ -37,7 +37,7 @@ def _service_step_us(artifact: AlignmentArtifact, n_candidates: int, repeats: in
                  rng.normal(size=artifact.source_dim).astype(np.float32)) for i in range(n_candidates)]
     cache = PreparedProfiles()
     queries = rng.normal(size=(repeats, artifact.source_dim)).astype(np.float32)
-    micro = time_calls_us(lambda q: artifact.score_prepared(q, cache.get(artifact, profiles)), queries,
+    micro = time_calls_us(lambda q: artifact.scorer.score_prepared(q, cache.get(artifact, profiles)), queries,
                           warmup=1)  # the first call fills the cache
     return float(np.percentile(micro, 50))
 

@@ -80,11 +80,11 @@ def score_matrix(artifact, runtime_centroids: np.ndarray, gallery: Gallery
     artifact exactly as identification scores a query (`score_candidates`): fused where the
     profile has a runtime vector (rows of NaN: none), the alignment alone otherwise."""
     runtime = gallery.runtime_vectors
-    llr, fused = artifact.score_candidates(np.atleast_2d(runtime_centroids), gallery.enrollment_vectors, runtime)
+    scorer = artifact.scorer
+    llr, fused = scorer.score_candidates(np.atleast_2d(runtime_centroids), gallery.enrollment_vectors, runtime)
     llr = np.atleast_2d(np.asarray(llr, dtype=np.float64))
     fused_mask = np.broadcast_to(np.asarray(fused, dtype=bool)[None, :], llr.shape).copy()
-    thresholds = np.where(fused_mask, artifact.candidate_threshold(fused=True),
-                          artifact.candidate_threshold(fused=False))
+    thresholds = np.where(fused_mask, scorer.candidate_threshold(fused=True), scorer.candidate_threshold(fused=False))
     return llr, thresholds, fused_mask
 
 

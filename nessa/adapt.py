@@ -175,11 +175,12 @@ def _recalibrate(artifact: AlignmentArtifact, source, target, speakers, config: 
     prof_r, prof_e, is_target = _gallery_profiles(source, target, speakers)
     runtime = l2_normalise(np.asarray(source, np.float64)) @ prof_r.T
     cross = artifact.cross_cosine(source, prof_e)
-    calibrations = {"calibration": ([cross], ("cross_cosine",), artifact.cross_calibration),
-                    "fusion": ([runtime, cross], ("runtime_cosine", "cross_cosine"), artifact.fused_calibration)}
+    calibrations = {"calibration": ([cross], ("cross_cosine",), cal.LogisticCalibration.from_dict(artifact.calibration)),
+                    "fusion": ([runtime, cross], ("runtime_cosine", "cross_cosine"),
+                               cal.LogisticCalibration.from_dict(artifact.fusion))}
     if artifact.scoring.get("fused") and not artifact.scoring.get("duration_bands"):
         # the calibrations the service reads (score_candidates), on the same held-out trials
-        features = artifact.candidate_features(source, prof_e, prof_r)
+        features = artifact.scorer.candidate_features(source, prof_e, prof_r)
         for label in ("fused", "cross"):
             parent = cal.LogisticCalibration.from_dict(artifact.scoring[label])
             calibrations[f"scoring.{label}"] = ([features[n] for n in parent.features], parent.features, parent)
@@ -265,33 +266,23 @@ def gallery_systems(artifact: AlignmentArtifact, data, config: AdaptConfig | dic
             cache[key] = adapt_artifact(artifact, np.concatenate(src), np.concatenate(tgt), spk, config=config)
         return cache[key]
 
-    def build_cross(enroll_groups, runtime_groups):
-        adapted = adapted_for(enroll_groups)
-        profiles = _mean_vectors(enroll_groups)
-        if adapted.scoring:  # scored as the service scores it (S-norm, its own features)
-            return SecondsScorer(lambda test_e, test_r, seconds: adapted.score_candidates(
-                test_r, profiles, None, seconds=seconds)[0])
-        return lambda test_e, test_r: adapted.score_cross(adapted.cross_cosine(test_r, profiles))
-
-    def build_fused(enroll_groups, runtime_groups):
-        adapted = adapted_for(enroll_groups)
-        profiles_e, profiles_r = _mean_vectors(enroll_groups), _mean_vectors(runtime_groups)
-        if adapted.scoring:
-            return SecondsScorer(lambda test_e, test_r, seconds: adapted.score_candidates(
+    def build(fused: bool):
+        def builder(enroll_groups, runtime_groups):
+            scorer = adapted_for(enroll_groups).scorer
+            profiles_e = _mean_vectors(enroll_groups)
+            profiles_r = _mean_vectors(runtime_groups) if fused else None
+            return SecondsScorer(lambda test_e, test_r, seconds: scorer.score_candidates(
                 test_r, profiles_e, profiles_r, seconds=seconds)[0])
-        return lambda test_e, test_r: adapted.score_fused(l2_normalise(test_r) @ profiles_r.T,
-                                                          adapted.cross_cosine(test_r, profiles_e))
+        return builder
 
     def threshold(fused: bool):
         try:
-            if artifact.scoring:
-                return artifact.candidate_threshold(fused=fused)
-            return artifact.threshold(fused=fused)
+            return artifact.scorer.candidate_threshold(fused=fused)
         except (KeyError, ValueError):
             return None
 
-    return [System(f"{artifact.name}{suffix}", build_cross, threshold(False), protocols=("profile",)),
-            System(f"{artifact.name}{suffix}+fused", build_fused, threshold(True), protocols=("profile",))]
+    return [System(f"{artifact.name}{suffix}", build(False), threshold(False), protocols=("profile",)),
+            System(f"{artifact.name}{suffix}+fused", build(True), threshold(True), protocols=("profile",))]
 
 
 # ============================================================================ CLI support

@@ -12,9 +12,10 @@ What is compared (all in the same run, on the same trials):
   corpus' paired chunk embeddings (the data and chunking of the shipped alignment; the
   regularisation is chosen on a held-out speaker split exactly as ``nessa.train`` does,
   then refitted on every speaker); cross-model score only;
-* ``<artifact>``, ``<artifact>+fused`` every artifact given: the calibrated cross-model
-  score (``score_cross`` of ``cross_cosine``) and its fusion with the symmetric runtime
-  cosine (``score_fused``); both have a decision threshold;
+* ``<artifact>``, ``<artifact>+fused`` every artifact given, scored as the service scores
+  it (``AlignmentArtifact.scorer``): profiles without a runtime vector (the calibrated
+  cross-model score) and with one (its fusion with the symmetric runtime cosine); both
+  have a decision threshold;
 * any extra ``System`` passed in, e.g. a speaker-adapted one built with
   ``adapted_system`` (the hook for systems that learn from a profile's own utterances).
 
@@ -59,9 +60,10 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from nessa import metrics
-from nessa.artifact import KINDS, AlignmentArtifact, ArtifactError
+from nessa.artifact import AlignmentArtifact, ArtifactError
 from nessa.data import (ROLE_FULL, FileEmbeddings, default_audio_loader, embed_corpus, embed_segments,
                         list_utterances, EmbeddingCache)
+from nessa.kinds import KINDS
 from nessa.linear import RidgeSolver, fit_cca
 from nessa.train import AlignmentConfig, build_dev_trials, cross_scores, regression_pairs, split_speakers
 from speechcore.embedder import l2_normalise
@@ -396,44 +398,24 @@ def _score(scorer, test_e, test_r, seconds):
 
 
 def artifact_systems(artifact: AlignmentArtifact) -> list[System]:
-    """``<name>``: calibrated cross-model LLR; ``<name>+fused``: runtime + cross fusion LLR.
-    Artifacts with a ``scoring`` section are scored as the service scores them, through
-    ``score_candidates`` (S-norm against the stored cohort, duration bands) with the
-    test segments' durations."""
-    if artifact.scoring:
-        return _candidate_systems(artifact)
+    """``<name>``: profiles without a runtime vector (calibrated cross-model LLR);
+    ``<name>+fused``: profiles with one (runtime + cross fusion LLR). Scored as the service
+    scores them, through ``score_candidates`` (with S-norm against the stored cohort and
+    duration bands where the artifact's ``scoring`` has them) with the test segments'
+    durations."""
+    scorer = artifact.scorer
 
-    def build_cross(enroll_groups, runtime_groups):
-        profiles = _mean_vectors(enroll_groups)
-        return lambda test_e, test_r: artifact.score_cross(artifact.cross_cosine(test_r, profiles))
-
-    def build_fused(enroll_groups, runtime_groups):
-        profiles_e, profiles_r = _mean_vectors(enroll_groups), _mean_vectors(runtime_groups)
-        return lambda test_e, test_r: artifact.score_fused(l2_normalise(test_r) @ profiles_r.T,
-                                                           artifact.cross_cosine(test_r, profiles_e))
-
-    def threshold(fused: bool) -> float | None:
-        try:
-            return artifact.threshold(fused=fused)
-        except (KeyError, ValueError):
-            return None
-
-    return [System(artifact.name, build_cross, threshold(False)),
-            System(f"{artifact.name}+fused", build_fused, threshold(True))]
-
-
-def _candidate_systems(artifact: AlignmentArtifact) -> list[System]:
     def build(fused: bool):
         def builder(enroll_groups, runtime_groups):
             profiles_e = _mean_vectors(enroll_groups)
             profiles_r = _mean_vectors(runtime_groups) if fused else None
-            return SecondsScorer(lambda test_e, test_r, seconds: artifact.score_candidates(
+            return SecondsScorer(lambda test_e, test_r, seconds: scorer.score_candidates(
                 test_r, profiles_e, profiles_r, seconds=seconds)[0])
         return builder
 
     def threshold(fused: bool) -> float | None:
         try:
-            return artifact.candidate_threshold(fused=fused)
+            return scorer.candidate_threshold(fused=fused)
         except (KeyError, ValueError):
             return None
 
@@ -870,23 +852,19 @@ def time_calls_us(call: Callable[[np.ndarray], object], queries: np.ndarray, war
 
 def benchmark_scoring(artifact: AlignmentArtifact, n_candidates: int = 10, repeats: int = 5000,
                       seed: int = 0) -> dict:
-    """Time to score ONE runtime embedding against ``n_candidates`` stored profiles:
-    alignment transform + cross cosine + fused LLR (profiles' vectors precomputed, as the
-    service stores them), one thread (``time_calls_us``). Returns p50/p95/mean in
-    microseconds."""
+    """Time to score ONE runtime embedding against ``n_candidates`` stored profiles as the
+    service does: profiles prepared once (``prepare_candidates``), the per-query work
+    (alignment transform, features, S-norm, calibrated LLR) timed, one thread
+    (``time_calls_us``). Returns p50/p95/mean in microseconds."""
     rng = np.random.default_rng(seed)
-    profiles_e = artifact.transform_target(rng.normal(size=(n_candidates, artifact.target_dim)))
+    profiles_e = rng.normal(size=(n_candidates, artifact.target_dim))
     profiles_r = l2_normalise(rng.normal(size=(n_candidates, artifact.source_dim)))
     queries = l2_normalise(rng.normal(size=(repeats, artifact.source_dim))).astype(np.float32)
-    if artifact.scoring:  # the artifact's own scoring: profiles prepared once, per-query work timed
-        prepared = artifact.prepare_candidates(rng.normal(size=(n_candidates, artifact.target_dim)), profiles_r)
+    prepared = artifact.scorer.prepare_candidates(profiles_e, profiles_r)
 
-        def score(query):
-            artifact.score_prepared(query[None, :], prepared)
-    else:
-        def score(query):
-            q = query[None, :]
-            artifact.score_fused(q @ profiles_r.T, artifact.transform(q) @ profiles_e.T)
+    def score(query):
+        artifact.scorer.score_prepared(query[None, :], prepared)
+
     micro = time_calls_us(score, queries, warmup=min(200, repeats))
     return {"artifact": artifact.name, "n_candidates": n_candidates, "repeats": repeats,
             "p50_us": round(float(np.percentile(micro, 50)), 2), "p95_us": round(float(np.percentile(micro, 95)), 2),

@@ -29,7 +29,7 @@ import numpy as np
 
 from nessa import calibration as cal
 from nessa import metrics
-from nessa.artifact import KINDS
+from nessa.kinds import KINDS
 from nessa.data import FileEmbeddings
 from nessa.train import (AlignmentConfig, _candidate_params, _fit_params, build_dev_trials, cross_scores,
                          regression_pairs, split_speakers)

@@ -20,7 +20,8 @@ import numpy as np
 from nessa import calibration as cal
 from nessa import metrics
 from nessa.config import config_from_any
-from nessa.artifact import KINDS, AlignmentArtifact, utc_now
+from nessa.artifact import AlignmentArtifact, utc_now
+from nessa.kinds import KINDS
 from nessa.data import (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, ChunkSpec, FileEmbeddings,
                         Utterance, default_audio_loader, describe_utterances, embed_corpus,
                         speech_only_loader)

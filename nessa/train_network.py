@@ -30,6 +30,7 @@ from nessa.data import (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbe
                         default_audio_loader, describe_utterances, embed_corpus, list_utterances,
                         speech_only_loader)
 from nessa.linear import RidgeSolver, fit_cca
+from nessa.scoring import CANDIDATE_FEATURES, TOWER_FEATURES
 from nessa.network import (ARCHITECTURES, KIND_OF, TRANSFORMS, build_module, cca_branch_params, cca_init,
                            ridge_init)
 from nessa.train import (AlignmentConfig, DevTrials, _split_scores, build_dev_trials, dev_evaluation,
@@ -123,7 +124,7 @@ class NetworkConfig:
     #: adaptive S-norm of the fused features against a cohort of the primary corpus'
     #: speakers stored in the artifact: top-k (0: off)
     snorm_top_k: int = 0
-    #: comma-separated features of the fused score (nessa.artifact.CANDIDATE_FEATURES)
+    #: comma-separated features of the fused score (nessa.scoring.CANDIDATE_FEATURES)
     fused_features: str = "runtime_cosine,cross_cosine"
     #: comma-separated features that are S-normalised (with snorm_top_k; "": all fused ones)
     snorm_features: str = ""
@@ -148,13 +149,9 @@ class NetworkConfig:
             raise ValueError("cca_branch needs arch=twotower and a weight between 0 and 1")
         if self.cca_branch_pairs not in PAIR_ROLES:
             raise ValueError(f"cca_branch_pairs must be one of {sorted(PAIR_ROLES)}")
-        from nessa.artifact import CANDIDATE_FEATURES
-
         unknown = (set(self.fused_feature_names) | set(self.snorm_feature_names)) - set(CANDIDATE_FEATURES)
         if unknown or not self.fused_feature_names:
             raise ValueError(f"fused_features must name some of {CANDIDATE_FEATURES}, got {self.fused_features!r}")
-        from nessa.artifact import TOWER_FEATURES
-
         if not self.cca_branch and set(TOWER_FEATURES) & (set(self.fused_feature_names) | set(self.snorm_feature_names)):
             raise ValueError(f"{', '.join(TOWER_FEATURES)} need a CCA branch (cca_branch > 0)")
         _ = self.band_edges
@@ -497,7 +494,7 @@ def scoring_section(kind: str, params: dict, cohort: tuple[np.ndarray, np.ndarra
                               source_weights_sha256="", target_version="dev",
                               target_dim=trials.profile_target.shape[1], target_weights_sha256="",
                               params={**params, **extra}, scoring={"snorm": snorm} if snorm else {})
-    features = probe.candidate_features(trials.test_source, trials.profile_target, trials.profile_source)
+    features = probe.scorer.candidate_features(trials.test_source, trials.profile_target, trials.profile_source)
     names = config.fused_feature_names
     is_target = trials.is_target
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from nessa.data import FileEmbeddings
 from nessa.learning_curve import all_pairs_eers, fit_alignment
-from nessa.artifact import KINDS, AlignmentArtifact
+from nessa.artifact import AlignmentArtifact
+from nessa.kinds import KINDS
 from speechcore.embedder import l2_normalise
 
 MIN_GAP = 0.5
@@ -68,15 +69,11 @@ def upgrade_experiment(files: Sequence[FileEmbeddings], data, artifact: Alignmen
         f"(a) CAM++ query → GE2E profile ({kind})": a_cross,
         "(a) + old-model fusion": lambda ee, er, te, tr: reverse.fusion.llr(
             l2_normalise(tr) @ l2_normalise(er).T, a_cross(ee, er, te, tr)),
-        f"(b) GE2E query → CAM++ profile ({artifact.name})": lambda ee, er, te, tr: artifact.cross_cosine(tr, ee),
-        "(b) + fusion (shipped runtime score)": lambda ee, er, te, tr: artifact.score_fused(
-            l2_normalise(tr) @ l2_normalise(er).T, artifact.cross_cosine(tr, ee)),
     }
     eers = {name: all_pairs_eers(data, fn) for name, fn in systems.items()}
-    if artifact.scoring:  # the artifact's own runtime scoring (S-norm, features, duration bands)
-        cross_name = f"(b) GE2E query → CAM++ profile ({artifact.name})"
-        eers[cross_name] = _candidate_eers(data, artifact, fused=False)
-        eers["(b) + fusion (shipped runtime score)"] = _candidate_eers(data, artifact, fused=True)
+    # (b) as the service scores it (S-norm, features and duration bands where the artifact has them)
+    eers[f"(b) GE2E query → CAM++ profile ({artifact.name})"] = _candidate_eers(data, artifact, fused=False)
+    eers["(b) + fusion (shipped runtime score)"] = _candidate_eers(data, artifact, fused=True)
     old, new = eers["old: GE2E both sides"], eers["new: CAM++ both sides"]
     gains = {name: {c: gain_recovered(old[c], new[c], values[c]) for c in values}
              for name, values in eers.items()}
@@ -85,7 +82,7 @@ def upgrade_experiment(files: Sequence[FileEmbeddings], data, artifact: Alignmen
 
 
 def _candidate_eers(data, artifact: AlignmentArtifact, fused: bool) -> dict:
-    """All-pairs EER % per condition of ``score_candidates`` (with each test's duration)."""
+    """All-pairs EER % per condition of the artifact's ``score_candidates`` (with each test's duration)."""
     from nessa import metrics
 
     n = len(data.speakers)
@@ -94,8 +91,8 @@ def _candidate_eers(data, artifact: AlignmentArtifact, fused: bool) -> dict:
     out = {}
     for condition, (_, test_r) in data.tests.items():
         seconds = None if data.test_seconds is None else data.test_seconds.get(condition)
-        scores, _ = artifact.score_candidates(test_r, data.enroll_full, data.runtime_full if fused else None,
-                                              seconds=seconds)
+        scores, _ = artifact.scorer.score_candidates(test_r, data.enroll_full,
+                                                     data.runtime_full if fused else None, seconds=seconds)
         out[condition] = 100 * metrics.equal_error_rate(scores[same & valid], scores[~same & valid])[0]
     return out
 

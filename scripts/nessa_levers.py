@@ -36,9 +36,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from nessa import calibration as cal  # noqa: E402
 from nessa import metrics  # noqa: E402
-from nessa.artifact import KINDS, top_k_stats, snorm_with_stats  # noqa: E402
+from nessa.kinds import KINDS  # noqa: E402
 from nessa.data import ROLE_PROFILE, ROLE_TEST, default_audio_loader, embed_corpus, speech_only_loader  # noqa: E402
 from nessa.linear import fit_cca  # noqa: E402
+from nessa.snorm import snorm_with_stats, top_k_stats  # noqa: E402
 from nessa.train import AlignmentConfig, DevTrials, build_dev_trials, regression_pairs  # noqa: E402
 from nessa.train_network import (NetworkConfig, _fit_one, build_pairs, cohort_vectors, segment_pairs,  # noqa: E402
                                  prepare_corpora)

@@ -241,7 +241,7 @@ def test_real_speech_three_speakers(tmp_path):
     assert outcome.row("enroll_sym", "full", "profile")["top1"] >= 90.0
 
 
-def test_an_artifact_with_its_own_scoring_is_evaluated_through_score_candidates():
+def test_an_artifact_with_its_own_scoring_is_evaluated_through_its_scorer():
     import dataclasses
 
     provider = SyntheticProvider()
@@ -261,7 +261,7 @@ def test_an_artifact_with_its_own_scoring_is_evaluated_through_score_candidates(
     n = len(data.speakers)
     same, valid = data.speakers[:, None] == data.speakers[None, :], ~np.eye(n, dtype=bool)
     for condition, (_, test_r) in data.tests.items():
-        llr, _ = rich.score_candidates(test_r, data.enroll_full, data.runtime_full)
+        llr, _ = rich.scorer.score_candidates(test_r, data.enroll_full, data.runtime_full)
         expected = 100 * metrics.equal_error_rate(llr[same & valid], llr[~same & valid])[0]
         assert result.row("synthetic-rich+fused", condition, "all_pairs")["eer"] == pytest.approx(expected)
     assert ev.artifact_systems(rich)[1].threshold == 3.0

@@ -140,11 +140,12 @@ def test_artifact_round_trip_gives_identical_transforms(tmp_path):
     manifest = json.loads((folder / "artifact.json").read_text())
     assert manifest["source_version"] == "fake-12" and manifest["target_dim"] == 8
     assert manifest["command"] == "make it" and "weight" not in manifest
-    assert loaded.score_fused(0.5, 0.6) == pytest.approx(8.0 * 0.5 + 6.0 * 0.6 - 7.0)
-    assert loaded.score_cross(0.6) == pytest.approx(1.0)
-    assert loaded.threshold(fused=False) == 3.0 and loaded.threshold(fused=False, name="far_1pct") == 2.0
-    assert loaded.threshold() == 4.0 and loaded.operating_threshold == 4.0
-    assert loaded.cross_calibration.raw_threshold() == pytest.approx(0.8)  # 10 * 0.8 - 5 = 3
+    assert loaded.fusion == artifact.fusion and loaded.calibration == artifact.calibration
+    scorer = loaded.scorer
+    assert scorer.candidate_threshold(fused=False) == 3.0
+    assert scorer.candidate_threshold(fused=False, name="far_1pct") == 2.0
+    assert scorer.candidate_threshold() == 4.0 and scorer.candidate_threshold(name="far_1pct") == 2.5
+    assert cal.LogisticCalibration.from_dict(loaded.calibration).raw_threshold() == pytest.approx(0.8)  # 10 * 0.8 - 5 = 3
 
 
 def test_ridge_artifact_scores_the_predicted_deviation_against_raw_profiles():
@@ -371,26 +372,28 @@ def test_a_cca_alignment_trains_and_round_trips(tmp_path):
 
 
 # ----------------------------------------------------------------------------- candidate scoring
-def test_score_candidates_without_scoring_equals_the_per_profile_calls():
+def test_score_candidates_without_scoring_applies_the_plain_fusion_and_calibration():
     rng = np.random.default_rng(5)
     artifact = make_artifact(rng)
     queries = rng.normal(size=(3, 12)).astype(np.float32)
     enroll = rng.normal(size=(4, 8)).astype(np.float32)
     runtime = rng.normal(size=(4, 12)).astype(np.float32)
     runtime[1] = np.nan  # this profile has no runtime-space vector: alignment path
-    llr, fused = artifact.score_candidates(queries, enroll, runtime)
+    llr, fused = artifact.scorer.score_candidates(queries, enroll, runtime)
     assert llr.shape == (3, 4) and fused.tolist() == [True, False, True, True]
     cross = artifact.cross_cosine(queries, enroll)
     light = l2_normalise(queries) @ l2_normalise(runtime[[0, 2, 3]]).T
-    np.testing.assert_allclose(llr[:, [0, 2, 3]], artifact.score_fused(light, cross[:, [0, 2, 3]]), atol=1e-5)
-    np.testing.assert_allclose(llr[:, 1], artifact.score_cross(cross[:, 1]), atol=1e-5)
-    single, _ = artifact.score_candidates(queries[0], enroll, runtime)
+    fusion = cal.LogisticCalibration.from_dict(artifact.fusion)
+    calibration = cal.LogisticCalibration.from_dict(artifact.calibration)
+    np.testing.assert_allclose(llr[:, [0, 2, 3]], fusion.llr(light, cross[:, [0, 2, 3]]), atol=1e-5)
+    np.testing.assert_allclose(llr[:, 1], calibration.llr(cross[:, 1]), atol=1e-5)
+    single, _ = artifact.scorer.score_candidates(queries[0], enroll, runtime)
     np.testing.assert_allclose(single, llr[0], atol=1e-6)
-    assert artifact.candidate_threshold() == artifact.threshold()
+    assert artifact.scorer.candidate_threshold() == fusion.threshold() == 4.0
 
 
 def test_adaptive_snorm_removes_per_side_offsets():
-    from nessa.artifact import adaptive_snorm
+    from nessa.snorm import adaptive_snorm
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(4, 5))
@@ -422,14 +425,15 @@ def test_scoring_with_cohort_bands_round_trips_and_uses_the_band(tmp_path):
     loaded = AlignmentArtifact.load(artifact.save(tmp_path))
     assert loaded.sha256 == artifact.sha256 and loaded.scoring == scoring
     queries, enroll, runtime = rng.normal(size=(2, 12)), rng.normal(size=(3, 8)), rng.normal(size=(3, 12))
-    feats = loaded.candidate_features(queries, enroll, runtime)
+    scorer = loaded.scorer
+    feats = scorer.candidate_features(queries, enroll, runtime)
     assert set(feats) == {"runtime_cosine", "cross_cosine", "aligned_runtime_cosine"}
     assert not np.allclose(feats["cross_cosine"], loaded.cross_cosine(queries, enroll))  # S-normed
-    one, _ = loaded.score_candidates(queries, enroll, runtime, seconds=1.0)
-    three, _ = loaded.score_candidates(queries, enroll, runtime, seconds=3.0)
+    one, _ = scorer.score_candidates(queries, enroll, runtime, seconds=1.0)
+    three, _ = scorer.score_candidates(queries, enroll, runtime, seconds=3.0)
     names = short.features
     np.testing.assert_allclose(one, short.llr(*[feats[n] for n in names]), atol=1e-6)
     np.testing.assert_allclose(three, long.llr(*[feats[n] for n in names]), atol=1e-6)
-    assert loaded.candidate_threshold() == 2.5 and loaded.candidate_threshold(fused=False) == 2.0
-    per_query, _ = loaded.score_candidates(queries, enroll, runtime, seconds=np.array([1.0, 3.0]))
+    assert scorer.candidate_threshold() == 2.5 and scorer.candidate_threshold(fused=False) == 2.0
+    per_query, _ = scorer.score_candidates(queries, enroll, runtime, seconds=np.array([1.0, 3.0]))
     np.testing.assert_allclose(per_query, np.stack([one[0], three[1]]), atol=1e-9)

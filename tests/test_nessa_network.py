@@ -116,7 +116,7 @@ def test_network_artifact_round_trip(arch, tmp_path):
     np.testing.assert_array_equal(loaded.cross_cosine(pairs.x, pairs.y), artifact.cross_cosine(pairs.x, pairs.y))
     cross = loaded.cross_cosine(pairs.x[:3], pairs.y[:5])
     assert cross.shape == (3, 5) and np.all(np.abs(cross) <= 1 + 1e-5)
-    np.testing.assert_array_equal(loaded.score_fused(cross, cross), artifact.score_fused(cross, cross))
+    assert loaded.fusion == artifact.fusion and loaded.calibration == artifact.calibration
 
 
 def test_wise_soup_and_frozen_linear_are_what_they_claim():
@@ -169,9 +169,10 @@ def test_network_training_with_rich_scoring_builds_a_working_artifact(tmp_path):
     assert set(scoring["metrics"]["dev_eer_percent"]["fused"]) >= {"pooled", "0.5s", "1s"}
     rng = np.random.default_rng(0)
     queries, enroll, runtime = rng.normal(size=(3, 24)), rng.normal(size=(4, 16)), rng.normal(size=(4, 24))
-    llr, fused = loaded.score_candidates(queries, enroll, runtime, seconds=[0.5, 1.0, 2.0])
+    llr, fused = loaded.scorer.score_candidates(queries, enroll, runtime, seconds=[0.5, 1.0, 2.0])
     assert llr.shape == (3, 4) and fused.all() and np.isfinite(llr).all()
-    assert np.isfinite(loaded.candidate_threshold()) and loaded.candidate_threshold() != loaded.threshold()
+    plain_threshold = cal.LogisticCalibration.from_dict(loaded.fusion).threshold()
+    assert np.isfinite(loaded.scorer.candidate_threshold()) and loaded.scorer.candidate_threshold() != plain_threshold
 
 
 def test_cca_branch_scores_are_the_weighted_mean_of_tower_and_cca_cosines():
@@ -193,12 +194,12 @@ def test_cca_branch_scores_are_the_weighted_mean_of_tower_and_cca_cosines():
     assert both.output_dim == 8 + 6
     # the *_tower features are the same comparisons in the tower's space alone
     runtime = pairs.x[20:31]
-    features = both.candidate_features(x, y, runtime)
+    features = both.scorer.candidate_features(x, y, runtime)
     np.testing.assert_allclose(features["cross_cosine_tower"], alone.cross_cosine(x, y), atol=1e-5)
     np.testing.assert_allclose(features["aligned_runtime_cosine_tower"],
                                alone.transform(x) @ alone.transform(runtime).T, atol=1e-5)
     np.testing.assert_allclose(features["cross_cosine"], expected, atol=1e-5)
-    assert "cross_cosine_tower" not in alone.candidate_features(x, y, runtime)
+    assert "cross_cosine_tower" not in alone.scorer.candidate_features(x, y, runtime)
     with pytest.raises(ValueError, match="between 0 and 1"):
         cca_branch_params(cca, 1.0)
     with pytest.raises(ValueError, match="cca_branch needs arch=twotower"):
@@ -227,17 +228,17 @@ def test_network_training_with_a_cca_branch_saves_that_kind(tmp_path):
     np.testing.assert_allclose(loaded.params["mix"] ** 2, [0.7, 0.3], atol=1e-6)
     rng = np.random.default_rng(0)
     queries, enroll, runtime = rng.normal(size=(3, 24)), rng.normal(size=(4, 16)), rng.normal(size=(4, 24))
-    llr, fused = loaded.score_candidates(queries, enroll, runtime)
+    llr, fused = loaded.scorer.score_candidates(queries, enroll, runtime)
     assert llr.shape == (3, 4) and fused.all() and np.isfinite(llr).all()
     assert loaded.scoring["fused"]["features"] == ["runtime_cosine", "cross_cosine_tower",
                                                    "aligned_runtime_cosine_tower"]
     assert loaded.scoring["cross"]["features"] == ["cross_cosine"]
     # the fused path reads the tower's S-normed features, the alignment-only path the
     # ensemble's: what score_prepared computes equals the calibrations applied to all features
-    features = loaded.candidate_features(queries, enroll, runtime)
+    features = loaded.scorer.candidate_features(queries, enroll, runtime)
     fused_cal = cal.LogisticCalibration.from_dict(loaded.scoring["fused"])
     np.testing.assert_allclose(llr, fused_cal.llr(*[features[n] for n in fused_cal.features]), atol=1e-9)
-    cross_llr, none_fused = loaded.score_candidates(queries, enroll, np.full((4, 24), np.nan))
+    cross_llr, none_fused = loaded.scorer.score_candidates(queries, enroll, np.full((4, 24), np.nan))
     cross_cal = cal.LogisticCalibration.from_dict(loaded.scoring["cross"])
     assert not none_fused.any()
     np.testing.assert_allclose(cross_llr, cross_cal.llr(features["cross_cosine"]), atol=1e-9)
@@ -296,6 +297,6 @@ def test_adapting_an_artifact_with_its_own_scoring_recalibrates_what_the_service
     # the service's scores now sit on the new calibration: same-speaker queries clear its threshold
     profiles_e = np.stack([pairs.y[pairs.speaker == s].mean(axis=0) for s in range(48)])
     profiles_r = np.stack([pairs.x[pairs.speaker == s].mean(axis=0) for s in range(48)])
-    llr, _ = adapted.score_candidates(pairs.x, profiles_e, profiles_r)
+    llr, _ = adapted.scorer.score_candidates(pairs.x, profiles_e, profiles_r)
     own = llr[np.arange(len(llr)), pairs.speaker]
-    assert np.mean(own >= adapted.candidate_threshold()) > 0.5
+    assert np.mean(own >= adapted.scorer.candidate_threshold()) > 0.5

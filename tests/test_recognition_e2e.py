@@ -107,7 +107,7 @@ def test_verify_accepts_the_true_speaker_and_rejects_an_impostor(enrolled_servic
     assert i["accepted"] is False and i["score"] < i["threshold"]
     # the threshold is the one documented in the active artifact
     artifact = harness.services.path().artifact
-    assert g["threshold"] == pytest.approx(artifact.candidate_threshold(fused=True))
+    assert g["threshold"] == pytest.approx(artifact.scorer.candidate_threshold(fused=True))
 
 
 def test_candidates_restrict_identification(enrolled_service, corpus):

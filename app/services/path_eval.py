@@ -96,9 +96,10 @@ def measure_paths(services, artifacts: list, folder: pathlib.Path, *, n_enroll: 
         enroll_profiles = embeddings[artifact.target_version][0]
         runtime_profiles, query_vectors = embeddings[artifact.source_version]
         # exactly the service's scoring (recognition._score): every profile has both vectors
-        llr, _ = artifact.score_candidates(query_vectors, enroll_profiles, runtime_profiles, seconds=durations)
+        llr, _ = artifact.scorer.score_candidates(query_vectors, enroll_profiles, runtime_profiles,
+                                                  seconds=durations)
         llr = np.asarray(llr, dtype=np.float64)
-        threshold = float(artifact.candidate_threshold(fused=True))
+        threshold = float(artifact.scorer.candidate_threshold(fused=True))
         figures = {}
         for condition in dict.fromkeys(conditions):
             rows = conditions == condition

@@ -130,31 +130,28 @@ def test_non_ascii_uri_finds_its_reference():
 
 
 # ------------------------------------------------------------------ naming
-class _StubArtifact:
-    """Cosine -> LLR = 10 * (cos - 0.5); threshold 0 on both paths."""
+def _unit(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    def transform(self, x):
-        x = np.asarray(x, dtype=np.float64)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
 
-    transform_target = transform
-
-    def score_cross(self, cross):
-        return 10 * (np.asarray(cross) - 0.5)
-
-    def score_fused(self, runtime, cross):
-        return 5 * (np.asarray(runtime) - 0.5) + 5 * (np.asarray(cross) - 0.5)
+class _StubScorer:
+    """Cosine -> LLR = 10 * (cos - 0.5) (fused: the mean of both cosines); threshold 0 on both paths."""
 
     def score_candidates(self, queries, profile_enroll, profile_runtime=None):
-        cross = self.transform(queries) @ self.transform_target(profile_enroll).T
+        cross_llr = 10 * (_unit(queries) @ _unit(profile_enroll).T - 0.5)
         if profile_runtime is None:
-            return self.score_cross(cross), np.zeros(len(profile_enroll), dtype=bool)
+            return cross_llr, np.zeros(len(profile_enroll), dtype=bool)
         fused = ~np.isnan(profile_runtime).any(axis=1)
-        runtime = self.transform(queries) @ self.transform(np.nan_to_num(profile_runtime, nan=1.0)).T
-        return np.where(fused[None, :], self.score_fused(runtime, cross), self.score_cross(cross)), fused
+        runtime_llr = 10 * (_unit(queries) @ _unit(np.nan_to_num(profile_runtime, nan=1.0)).T - 0.5)
+        return np.where(fused[None, :], (runtime_llr + cross_llr) / 2, cross_llr), fused
 
     def candidate_threshold(self, fused=True):
         return 0.0
+
+
+class _StubArtifact:
+    scorer = _StubScorer()
 
 
 def test_hungarian_gives_distinct_names_and_leaves_strangers_unknown():
