@@ -37,7 +37,7 @@ class Api:
     def __init__(self, settings):
         from app import create_app
         from app.store import db
-        from app.web.auth import create_api_key
+        from app.services.keys import create_api_key
         from app.services.container import Services
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -195,9 +195,11 @@ def format_table(report: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from app.settings import Settings
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--eval-dir", default=str(pathlib.Path(__file__).resolve().parent.parent.parent
-                                                  / "shared" / "data" / "librispeech" / "test-other"))
+    parser.add_argument("--eval-dir", default=str(Settings.from_env().shared_data_dir / "librispeech" / "test-other"),
+                        help="<speaker>/<utterance> folder (default: test-other under the shared_data_dir setting)")
     parser.add_argument("--crop", type=float, action="append", help="also identify crops of this many seconds")
     parser.add_argument("--json")
     args = parser.parse_args(argv)

@@ -36,7 +36,7 @@ def test_db_upgrade_then_keys(tmp_path, database_url):
     assert key[:12] in listed and "enroll,identify" in listed
 
     from app.store import db, models
-    from app.web.auth import hash_key
+    from app.services.keys import hash_key
 
     engine = db.make_engine(database_url)
     with db.make_session_factory(engine)() as session:

@@ -20,7 +20,6 @@ def register(sub, settings: Settings) -> None:
 
 def cmd_keys(args, settings: Settings) -> int:
     from app.store import db
-    from app.errors import ApiError
 
     engine = db.make_engine(settings.resolved_database_url)
     session_factory = db.make_session_factory(engine)
@@ -28,17 +27,15 @@ def cmd_keys(args, settings: Settings) -> int:
     try:
         with session_factory() as session:
             return commands[args.keys_command](args, session)
-    except ApiError as exc:
-        return fail(exc.message + f" ({exc.detail})")
     finally:
         engine.dispose()
 
 
 def _keys_create(args, session) -> int:
-    from app.web import auth
+    from app.services import keys as api_keys
 
-    expires_at = auth.expiry_in_days(args.expires_in_days) if args.expires_in_days is not None else None
-    key, row = auth.create_api_key(session, name=args.name, scopes=args.scope, expires_at=expires_at)
+    expires_at = api_keys.expiry_in_days(args.expires_in_days) if args.expires_in_days is not None else None
+    key, row = api_keys.create_api_key(session, name=args.name, scopes=args.scope, expires_at=expires_at)
     session.commit()
     expiry = f"expires {row.expires_at.isoformat()}" if row.expires_at else "never expires"
     print(f"created API key {row.prefix}... (id {row.id}, scopes {row.scopes}, {expiry}); it is shown only once:")
@@ -47,12 +44,12 @@ def _keys_create(args, session) -> int:
 
 
 def _keys_list(args, session) -> int:
-    from app.web import auth
+    from app.services import keys as api_keys
 
     columns = ("id", "prefix", "scopes", "name", "state", "created_at", "last_used_at", "expires_at", "revoked_at")
     print("\t".join(columns))
-    for row in auth.list_api_keys(session):
-        shown = auth.key_to_dict(row)
+    for row in api_keys.list_api_keys(session):
+        shown = api_keys.key_to_dict(row)
         shown.update(prefix=f"{row.prefix}...", scopes=row.scopes)
         print("\t".join("-" if shown[c] is None else str(shown[c]) for c in columns))
     return 0
@@ -62,13 +59,13 @@ def _keys_revoke(args, session) -> int:
     import sqlalchemy as sa
 
     from app.store import models
-    from app.web import auth
+    from app.services import keys as api_keys
 
     row = session.scalar(sa.select(models.ApiKey).filter_by(prefix=args.prefix.removesuffix("...")))
     if row is None:
         return fail(f"no API key with prefix {args.prefix!r}")
     # the CLI may revoke the last admin key: whoever runs it can create another
-    auth.revoke_api_key(session, row.id, keep_an_admin=False)
+    api_keys.revoke_api_key(session, row.id, keep_an_admin=False)
     session.commit()
     print(f"revoked {row.prefix}...")
     return 0

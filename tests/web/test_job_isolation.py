@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.data]
 @pytest.fixture
 def service(tmp_path, database_url):
     """The harness with a second key of each scope; long recordings are diarized in jobs."""
-    from app.web.auth import create_api_key
+    from app.services.keys import create_api_key
 
     harness = ServiceHarness(make_settings(tmp_path, database_url, diarize_inline_max_seconds=1.0))
     with harness.services.session() as session:
@@ -41,7 +41,7 @@ def _creator(harness, job_id: int) -> int | None:
 
 def _key_id(harness, key: str) -> int:
     from app.store import models
-    from app.web.auth import hash_key
+    from app.services.keys import hash_key
 
     with harness.services.session() as session:
         return session.query(models.ApiKey).filter_by(key_hash=hash_key(harness.keys[key])).one().id
@@ -95,7 +95,7 @@ def test_model_jobs_record_the_admin_key_that_started_them(service):
 
 def test_a_job_created_without_a_key_is_for_admins_only(service):
     """Jobs from the CLI or a worker (and jobs queued before keys were recorded)."""
-    from app import jobs
+    from app.store.job_queue import jobs
 
     with service.services.session() as session:
         job = jobs.enqueue(session, "diarize", {"audio_path": "/nowhere.flac"})

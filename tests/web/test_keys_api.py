@@ -161,11 +161,11 @@ def test_two_admins_revoking_each_other_at_once_leave_one_admin(harness):
 
 
 def _active_admin_keys(harness) -> int:
-    from app.web import auth
+    from app.services import keys as api_keys
 
     with harness.services.session() as session:
-        return sum(1 for row in auth.list_api_keys(session)
-                   if "admin" in row.scopes.split(",") and auth.key_state(row) == "active")
+        return sum(1 for row in api_keys.list_api_keys(session)
+                   if "admin" in row.scopes.split(",") and api_keys.key_state(row) == "active")
 
 
 # -- the CLI ---------------------------------------------------------------------------------

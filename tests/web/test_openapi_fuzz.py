@@ -24,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from app.web.factory import BLUEPRINTS
 from app.web.openapi import openapi_document
 from tests.conftest import ServiceHarness, fresh_database, hide_speechbrain_placeholders, make_settings
 
@@ -36,7 +37,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 # The document is a pure function of the code, so it is loaded at collection; the test
 # checks it is also what the app serves. (schemathesis' lazy `from_fixture` loader does not
 # run under pytest 9.2, which renamed the node attribute it rewrites.)
-schema = schemathesis.openapi.from_dict(openapi_document())
+schema = schemathesis.openapi.from_dict(openapi_document(BLUEPRINTS))
 schema.config.generation.update(modes=["positive", "negative"], max_examples=EXAMPLES_PER_OPERATION,
                                 deterministic=True, database="none")
 
@@ -59,7 +60,7 @@ def fuzz_harness(tmp_path_factory, test_database_kind, lazy_module_proxies_hidde
     with fresh_database(test_database_kind, tmp_path) as url:
         harness = ServiceHarness(make_settings(tmp_path, url))
         served = harness.client.get("/v1/openapi.json").get_json()
-        assert served == json.loads(json.dumps(openapi_document()))
+        assert served == json.loads(json.dumps(openapi_document(BLUEPRINTS)))
         yield harness
         harness.close()
 

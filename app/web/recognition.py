@@ -1,0 +1,38 @@
+"""/v1/identify and /v1/verify: who is speaking, and is it who they claim."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+
+from app.services import recognition
+from app.services.speakers import refuse_unknown_speakers
+from app.web.operations import Reply, operation
+from app.web.schemas import Identification, IdentifyForm, Verification, VerifyForm
+
+bp = Blueprint("recognition", __name__)
+
+
+@operation(bp, "POST", "/v1/identify", access="identify", form=IdentifyForm, errors=("404", "422"),
+           replies=Reply(200, Identification), summary="Who is speaking? (open set: speaker null when unknown)")
+def identify(form: IdentifyForm):
+    services = current_app.extensions["nessa"]
+    if form.candidates:
+        with services.session() as session:
+            refuse_unknown_speakers(session, form.candidates)
+    result = recognition.identify(services, form.audio.read(), top_k=form.top_k, candidates=form.candidates)
+    _observe_embedding(result)
+    return jsonify(result)
+
+
+@operation(bp, "POST", "/v1/verify", access="identify", form=VerifyForm, errors=("404", "409", "422"),
+           replies=Reply(200, Verification), summary="Is this the claimed speaker?")
+def verify(form: VerifyForm):
+    result = recognition.verify(current_app.extensions["nessa"], form.audio.read(), speaker_id=form.speaker_id)
+    _observe_embedding(result)
+    return jsonify(result)
+
+
+def _observe_embedding(result: dict) -> None:
+    embed_ms = result.get("timings_ms", {}).get("embed")
+    if embed_ms is not None:
+        metrics = current_app.extensions["nessa_metrics"]
+        metrics.embedding.labels(result["models"]["runtime_model"]).observe(embed_ms / 1e3)
