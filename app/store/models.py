@@ -1,5 +1,5 @@
 """ORM models. The tables are created only by the Alembic migrations in ``migrations/``;
-tests/test_db.py checks that the two agree on SQLite and on PostgreSQL."""
+tests/store/test_db.py checks that the two agree on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import datetime as dt

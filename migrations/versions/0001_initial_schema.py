@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-01-01
 
-Mirrors app/store/models.py; tests/test_db.py compares the two on SQLite and PostgreSQL.
+Mirrors app/store/models.py; tests/store/test_db.py compares the two on SQLite and PostgreSQL.
 Constraint names follow app.store.models.NAMING_CONVENTION and are spelled out (op.f) so the
 same names exist on both databases.
 """

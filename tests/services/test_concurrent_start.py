@@ -48,6 +48,18 @@ def _assert_one_of_each(counts: dict) -> None:
     assert max(counts["register_events"].values()) == 1  # each registration audited once
 
 
+def test_building_services_writes_nothing(tmp_path, database_url):
+    """The registry's start-up writes are prepare()'s: a command that never prepares (keys,
+    db) leaves the database as it found it."""
+    from app.store import db
+    from app.services.container import Services
+
+    db.upgrade(database_url)
+    Services(make_settings(tmp_path, database_url)).close()
+    counts = _registry_counts(database_url)
+    assert counts["deployments"] == 0 and not counts["models"] and not counts["alignments"]
+
+
 def test_services_prepared_in_many_threads_at_once_bootstrap_once(tmp_path, database_url):
     from app.store import db
     from app.services.container import Services
