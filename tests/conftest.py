@@ -13,8 +13,11 @@ import uuid
 
 import pytest
 
+from app.settings import Settings
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED_DATA = pathlib.Path(os.environ.get("NESSA_SHARED_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+#: real speech (NESSA_SHARED_DATA_DIR, default ../shared/data): the one definition, in app.settings
+SHARED_DATA = Settings.from_env().shared_data_dir
 POSTGRES_BASE_URL = os.environ.get(
     "NESSA_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -162,7 +165,7 @@ class ServiceHarness:
     def __init__(self, settings):
         from app import create_app
         from app.store import db
-        from app.web.auth import create_api_key
+        from app.services.keys import create_api_key
         from app.services.container import Services
 
         db.upgrade(settings.resolved_database_url)
@@ -204,9 +207,20 @@ class ServiceHarness:
         self.services.close()
 
 
-def make_settings(tmp_path, database_url, **overrides):
-    from app.settings import Settings
+def run_nessa(args, database_url, data_dir, check_ok=True):
+    """The `nessa` command in a child process, on this database and data folder."""
+    import subprocess
+    import sys
 
+    env = {**os.environ, "NESSA_DATABASE_URL": database_url, "NESSA_DATA_DIR": str(data_dir)}
+    result = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    if check_ok:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def make_settings(tmp_path, database_url, **overrides):
     return Settings(data_dir=tmp_path / "data", database_url=database_url,
                     shared_data_dir=SHARED_DATA, **overrides)
 

@@ -7,7 +7,7 @@ import threading
 
 import sqlalchemy as sa
 
-from tests.test_cli import run_nessa
+from tests.conftest import run_nessa
 
 
 def _admin(harness) -> dict:

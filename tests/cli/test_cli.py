@@ -8,16 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-
-
-def run_nessa(args, database_url, data_dir, check_ok=True):
-    env = {**os.environ, "NESSA_DATABASE_URL": database_url, "NESSA_DATA_DIR": str(data_dir)}
-    result = subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    if check_ok:
-        assert result.returncode == 0, result.stderr
-    return result
+from tests.conftest import REPO_ROOT, run_nessa
 
 
 def test_console_script_is_installed():
