@@ -29,6 +29,7 @@ GALLERY_OPS = ("upsert", "delete")
 
 
 def utcnow() -> dt.datetime:
+    """Now, timezone-aware UTC: the one clock behind every timestamp the app writes."""
     return dt.datetime.now(dt.timezone.utc)
 
 
