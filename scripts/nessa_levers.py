@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from app.settings import Settings  # noqa: E402
 from nessa import calibration as cal  # noqa: E402
 from nessa import metrics  # noqa: E402
 from nessa.kinds import KINDS  # noqa: E402
@@ -247,7 +248,8 @@ def wise(initial: dict, trained: dict, alpha: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default="../shared/data")
+    parser.add_argument("--shared", default=str(Settings.from_env().shared_data_dir),
+                        help="real speech (default: the shared_data_dir setting, NESSA_SHARED_DATA_DIR)")
     parser.add_argument("--cache-dir", default="var/cache/embeddings")
     parser.add_argument("--concat-dir", default="var/corpora")
     parser.add_argument("--out", default="var/eval/levers-r3.json")
