@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from nessa.artifact import AlignmentArtifact
-from nessa.evaluation import benchmark_scoring, time_calls_us
+from nessa.lab.evaluation import benchmark_scoring, time_calls_us
 
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "nessa" / "artifacts"
 

@@ -1,8 +1,10 @@
 """NESSA alignment between a light runtime embedding space and a heavy enrollment space.
 
-``nessa.artifact`` (load and apply trained alignments) is what the service needs;
-``nessa.train`` / ``nessa.cli_support`` train them, ``nessa.metrics`` and
-``nessa.calibration`` measure and calibrate scores. Embedders are always passed in.
+The serving core: ``nessa.artifact`` (load a trained alignment, its transforms and
+checksums), ``nessa.scoring`` (score queries against profiles with it: S-norm, duration
+bands, calibration) and what they build on (``kinds``, ``network``, ``calibration``,
+``metrics``). Training and measuring alignments is ``nessa.lab``. Embedders are always
+passed in.
 """
 from nessa.artifact import AlignmentArtifact, ArtifactError, ArtifactIntegrityError
 

@@ -10,7 +10,7 @@ protocol adds a long condition from the same training speakers, nothing from tes
 * ``tc-long``: the whole first half of a held-out utterance (about 6 s, embedded as one
   segment by the runtime model) is the query; profiles are the means of the 3-s tiles of
   the second halves (both models). ``tc-3s/2s/1s``: the usual tiles of the second half
-  against first-half profiles (``nessa.train.build_dev_trials``).
+  against first-half profiles (``nessa.lab.train.build_dev_trials``).
 * Scores: the cross-model cosine (aligned runtime query vs aligned enrollment profile),
   adaptive S-norm (top 50) against the fold's training speakers (as the artifact does).
   Fused: runtime_sn + cross_sn + aligned-runtime, weights fitted on the other folds.
@@ -35,15 +35,15 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from app.settings import Settings  # noqa: E402
-from nessa import calibration as cal  # noqa: E402
 from nessa import metrics  # noqa: E402
 from nessa.kinds import KINDS  # noqa: E402
-from nessa.data import ROLE_PROFILE, ROLE_TEST, default_audio_loader, embed_corpus, speech_only_loader  # noqa: E402
-from nessa.linear import fit_cca  # noqa: E402
-from nessa.snorm import snorm_with_stats, top_k_stats  # noqa: E402
-from nessa.train import AlignmentConfig, DevTrials, build_dev_trials, regression_pairs  # noqa: E402
-from nessa.train_network import (NetworkConfig, _fit_one, build_pairs, cohort_vectors, segment_pairs,  # noqa: E402
+from nessa.lab.calibration_fit import fit_logistic_calibration  # noqa: E402
+from nessa.lab.data import ROLE_PROFILE, ROLE_TEST, default_audio_loader, embed_corpus, speech_only_loader  # noqa: E402
+from nessa.lab.linear import fit_cca  # noqa: E402
+from nessa.lab.train import AlignmentConfig, DevTrials, build_dev_trials, regression_pairs  # noqa: E402
+from nessa.lab.train_network import (NetworkConfig, _fit_one, build_pairs, cohort_vectors, segment_pairs,  # noqa: E402
                                  prepare_corpora)
+from nessa.snorm import snorm_with_stats, top_k_stats  # noqa: E402
 from speechcore.embedder import l2_normalise  # noqa: E402
 
 TC, SC = "train-clean-100", "speech-commands"
@@ -192,7 +192,7 @@ def evaluate(aligners: list[Aligner], folds: list[Fold]) -> dict:
                         stacked = np.stack([feats[n_].ravel() for n_ in fused_names], 1)
                         tab_t.append(stacked[mask.ravel()])
                         tab_n.append(stacked[~mask.ravel()])
-            fusion = cal.fit_logistic_calibration(np.concatenate(tab_t), np.concatenate(tab_n), fused_names)
+            fusion = fit_logistic_calibration(np.concatenate(tab_t), np.concatenate(tab_n), fused_names)
             feats, mask = fold_scores[key]
             llr = fusion.llr(*[feats[n_] for n_ in fused_names])
             t_all.append(llr[mask])
@@ -217,7 +217,7 @@ def cross_fusion(towers: list[Aligner], branches: list[Aligner], folds: list[Fol
         for j, fold_scores in enumerate(per_fold):
             tab_t = [f[k][0][f[k][1]] for i, f in enumerate(per_fold) if i != j for k in f]
             tab_n = [f[k][0][~f[k][1]] for i, f in enumerate(per_fold) if i != j for k in f]
-            fusion = cal.fit_logistic_calibration(np.concatenate(tab_t), np.concatenate(tab_n), ("tower", "cca"))
+            fusion = fit_logistic_calibration(np.concatenate(tab_t), np.concatenate(tab_n), ("tower", "cca"))
             weights.append(fusion.weights)
             feats, mask = fold_scores[key]
             llr = fusion.llr(feats[..., 0], feats[..., 1])

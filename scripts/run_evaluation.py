@@ -1,6 +1,6 @@
 """Run the evaluation harness (nessa/evaluation.py) with the configured models.
 
-The same flags as `nessa eval` (nessa.evaluation.add_arguments), plus the model versions
+The same flags as `nessa eval` (nessa.lab.evaluation.add_arguments), plus the model versions
 and an optional scoring micro-benchmark. Example (the table in docs/evaluation.md):
 
     .venv/bin/python scripts/run_evaluation.py --json var/eval/default.json --det var/eval/default-det.png
@@ -16,7 +16,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from app.model_catalog import load_embedder  # noqa: E402
-from nessa import evaluation  # noqa: E402
+from nessa.lab import evaluation  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from app.settings import Settings
+from speechcore.embedder import Embedder, l2_normalise
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: real speech (NESSA_SHARED_DATA_DIR, default ../shared/data): the one definition, in app.settings
@@ -104,6 +105,67 @@ def assert_speakers_separate(speakers, vectors, margin: float = 0.2) -> None:
     for i in range(len(speakers)):
         others = np.where(np.arange(len(speakers)) == i, -np.inf, similarity[i])
         assert speakers[np.argmax(others)] == speakers[i]
+
+
+# Synthetic speech for alignment training (tests/nessa): each speaker has its own tones and
+# a fixed random layer stands in for each model, so training runs in seconds.
+SR = 16000
+
+
+class SpectralEmbedder(Embedder):
+    """Deterministic fake model: band energies of the waveform through a fixed random layer."""
+
+    sample_rate = SR
+
+    def __init__(self, version: str, dim: int, seed: int):
+        import numpy as np
+
+        self.version, self.dim, self.role = version, dim, "runtime"
+        self.weights_sha256 = f"{seed:064x}"
+        self.projection = np.random.default_rng(seed).normal(size=(32, dim))
+
+    def embed(self, batch):
+        import numpy as np
+
+        features = []
+        for wav in batch:
+            frames = np.lib.stride_tricks.sliding_window_view(wav, 512)[::256]
+            spectrum = np.abs(np.fft.rfft(frames * np.hanning(512), axis=1)).mean(axis=0)[:256]
+            bands = np.log(spectrum.reshape(32, 8).sum(axis=1) + 1e-6)
+            features.append(np.tanh((bands - bands.mean()) @ self.projection / 8.0))
+        return l2_normalise(np.stack(features))
+
+
+def write_synthetic_corpus(root, n_speakers: int = 10, seconds: float = 6.0):
+    """One file per speaker; each speaker has its own set of tone frequencies."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(123)
+    t = np.arange(int(seconds * SR)) / SR
+    for speaker in range(n_speakers):
+        frequencies = rng.uniform(200, 3500, size=4)
+        wave = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6.28)) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t * (k + 1)))
+                   for k, f in enumerate(frequencies))
+        wave = 0.1 * wave / 4 + 0.01 * rng.normal(size=len(t))
+        folder = root / f"spk{speaker:02d}"
+        folder.mkdir(parents=True)
+        sf.write(folder / "utt.wav", wave.astype(np.float32), SR)
+    return root
+
+
+def read_wav(path):
+    import soundfile as sf
+
+    wave, rate = sf.read(path, dtype="float32")
+    assert rate == SR
+    return wave
+
+
+#: an AlignmentConfig small enough for the synthetic corpus
+SMALL_CONFIG = {"speech_only": False, "chunk_seconds": [0.5, 1.0], "chunks_per_length": 3,
+                "profile_window_seconds": 1.0, "test_seconds": [0.5, 1.0], "dev_fraction": 0.4,
+                "ridge_alphas": [1e-3, 1e-1]}
 
 
 def _postgres_schema_url(base_url: str) -> tuple[str, str]:

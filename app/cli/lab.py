@@ -8,7 +8,7 @@ from app.settings import Settings
 
 
 def register(sub, settings: Settings) -> None:
-    from nessa.evaluation import add_arguments as add_eval_arguments
+    from nessa.lab.evaluation import add_arguments as add_eval_arguments
 
     evaluation = sub.add_parser("eval", help="every system on one test corpus, one run, one table")
     add_eval_arguments(evaluation, shared_data_dir=settings.shared_data_dir,
@@ -28,7 +28,7 @@ def register(sub, settings: Settings) -> None:
                        help="ridge (closed form) or an alignment network")
     _add_network_flags(train)
     train.add_argument("--no-register", action="store_true")
-    from nessa.learning_curve import add_arguments as add_learning_curve_arguments
+    from nessa.lab.learning_curve import add_arguments as add_learning_curve_arguments
 
     curve = asub.add_parser("learning-curve", help="EER against the number of real training speakers, with a trend")
     add_learning_curve_arguments(curve, shared_data_dir=settings.shared_data_dir,
@@ -36,7 +36,7 @@ def register(sub, settings: Settings) -> None:
 
     import dataclasses
 
-    from nessa.adapt import AdaptConfig
+    from nessa.lab.adapt import AdaptConfig
 
     adapt = asub.add_parser("adapt", help="fine-tune an alignment on the gallery's own in-domain pairs")
     adapt.add_argument("--artifact", help="parent artifact directory (default: the active alignment)")
@@ -71,7 +71,7 @@ def cmd_align(args, settings: Settings) -> int:
 
     if args.align_command == "train":
         from app.model_catalog import load_embedder
-        from nessa.cli_support import train_from_folder
+        from nessa.lab.train import train_from_folder
 
         sources = [pathlib.Path(p) for p in (args.train_dir or [])] + [pathlib.Path(p) for p in (args.list or [])]
         if not sources:
@@ -89,7 +89,7 @@ def cmd_align(args, settings: Settings) -> int:
             artifact = train_from_folder(source, target, [str(p) for p in sources], out_dir=out_dir, name=args.name,
                                          seed=args.seed, cache_dir=settings.cache_dir / "embeddings", command=command)
         else:
-            from nessa.train_network import train_network_from_folders
+            from nessa.lab.train_network import train_network_from_folders
 
             try:
                 config = _network_config(args)
@@ -119,7 +119,7 @@ def cmd_align(args, settings: Settings) -> int:
 
     if args.align_command == "learning-curve":
         from app.model_catalog import load_embedder
-        from nessa.learning_curve import main_args as learning_curve_main
+        from nessa.lab.learning_curve import main_args as learning_curve_main
 
         learning_curve_main(args, load_embedder(settings.runtime_model), load_embedder(settings.enroll_model))
         return 0
@@ -159,7 +159,7 @@ def _align_adapt(args, settings: Settings) -> int:
 
     from app.errors import ApiError
     from app.services.registry import activate, register_artifact
-    from nessa.adapt import AdaptConfig, adapt_from_pairs
+    from nessa.lab.adapt import AdaptConfig, adapt_from_pairs
 
     values = {f.name: getattr(args, f"adapt_{f.name}") for f in dataclasses.fields(AdaptConfig)
               if getattr(args, f"adapt_{f.name}", None) is not None}
@@ -211,7 +211,7 @@ def _network_config(args):
     """NetworkConfig from the `--<field>` flags that were given (others keep defaults)."""
     import dataclasses
 
-    from nessa.train_network import NetworkConfig
+    from nessa.lab.train_network import NetworkConfig
 
     values = {"arch": args.arch}
     for field in dataclasses.fields(NetworkConfig):
@@ -233,7 +233,7 @@ def _network_config(args):
 def _add_network_flags(parser) -> None:
     import dataclasses
 
-    from nessa.train_network import NetworkConfig
+    from nessa.lab.train_network import NetworkConfig
 
     group = parser.add_argument_group("alignment network (with --arch other than ridge; defaults: NetworkConfig)")
     for field in dataclasses.fields(NetworkConfig):
@@ -251,7 +251,7 @@ def cmd_eval(args, settings: Settings) -> int:
     import pathlib
 
     from app.model_catalog import load_embedder
-    from nessa.evaluation import main_args
+    from nessa.lab.evaluation import main_args
 
     for folder in (args.eval_dir, args.anchors_dir):
         if not pathlib.Path(folder).is_dir():

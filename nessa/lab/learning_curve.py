@@ -27,11 +27,12 @@ from typing import Sequence
 
 import numpy as np
 
-from nessa import calibration as cal
 from nessa import metrics
+from nessa.calibration import LogisticCalibration
 from nessa.kinds import KINDS
-from nessa.data import FileEmbeddings
-from nessa.train import (AlignmentConfig, _candidate_params, _fit_params, build_dev_trials, cross_scores,
+from nessa.lab.calibration_fit import fit_logistic_calibration
+from nessa.lab.data import FileEmbeddings
+from nessa.lab.train import (AlignmentConfig, _candidate_params, _fit_params, build_dev_trials, cross_scores,
                          regression_pairs, split_speakers)
 from speechcore.embedder import l2_normalise
 
@@ -94,13 +95,13 @@ class FittedAlignment:
     kind: str
     params: dict
     hyper: dict
-    fusion: cal.LogisticCalibration
+    fusion: LogisticCalibration
     dev_eer: dict  # {"cross": %, "fused": %}
 
 
 def fit_alignment(files: Sequence[FileEmbeddings], speakers: Sequence[str], method: str, seed: int = 0,
                   config: AlignmentConfig | None = None) -> FittedAlignment:
-    """Ridge / CCA on ``speakers`` as nessa.train does it: choose on a dev split of them,
+    """Ridge / CCA on ``speakers`` as nessa.lab.train does it: choose on a dev split of them,
     fit fusion weights on those dev trials, refit the map on every one of them."""
     if method == "twotower" or isinstance(method, dict):
         return _fit_network(files, speakers, TWOTOWER_CONFIG if method == "twotower" else method, seed)
@@ -120,7 +121,7 @@ def fit_alignment(files: Sequence[FileEmbeddings], speakers: Sequence[str], meth
     _, hyper, params, cross = best
     runtime = trials.test_source @ trials.profile_source.T
     stacked = np.stack([runtime.ravel(), cross.ravel()], axis=1)
-    fusion = cal.fit_logistic_calibration(stacked[mask.ravel()], stacked[~mask.ravel()],
+    fusion = fit_logistic_calibration(stacked[mask.ravel()], stacked[~mask.ravel()],
                                           ("runtime_cosine", "cross_cosine"))
     fused = fusion.llr(runtime, cross)
     dev_eer = {"cross": 100 * best[0][0], "fused": 100 * metrics.equal_error_rate(fused[mask], fused[~mask])[0]}
@@ -130,7 +131,7 @@ def fit_alignment(files: Sequence[FileEmbeddings], speakers: Sequence[str], meth
 
 def _fit_network(files, speakers, network_config: dict, seed: int) -> FittedAlignment:
     """A network alignment: trained on the fit split for dev fusion weights, then on every speaker."""
-    from nessa.train_network import NetworkConfig, build_pairs, fit_network, network_cross_scores
+    from nessa.lab.train_network import NetworkConfig, build_pairs, fit_network, network_cross_scores
 
     config = NetworkConfig.from_any(network_config)
     subset = [f for f in files if f.speaker in set(speakers)]
@@ -142,7 +143,7 @@ def _fit_network(files, speakers, network_config: dict, seed: int) -> FittedAlig
     cross = network_cross_scores(config.kind, dev_params, trials)
     runtime = trials.test_source @ trials.profile_source.T
     stacked = np.stack([runtime.ravel(), cross.ravel()], axis=1)
-    fusion = cal.fit_logistic_calibration(stacked[mask.ravel()], stacked[~mask.ravel()],
+    fusion = fit_logistic_calibration(stacked[mask.ravel()], stacked[~mask.ravel()],
                                           ("runtime_cosine", "cross_cosine"))
     fused = fusion.llr(runtime, cross)
     dev_eer = {"cross": 100 * metrics.equal_error_rate(cross[mask], cross[~mask])[0],
@@ -189,8 +190,8 @@ def reference_eers(data) -> dict:
 def learning_curve(files: Sequence[FileEmbeddings], data, *, counts: Sequence[int] = DEFAULT_COUNTS,
                    method: str = "ridge", repeats: int = 3, seed: int = 0, extra_points: dict | None = None,
                    progress: bool = False) -> dict:
-    """The curve on precomputed embeddings: ``files`` (training corpus, nessa.data chunking)
-    and ``data`` (``nessa.evaluation.EvalEmbeddings``). ``extra_points``: label -> files
+    """The curve on precomputed embeddings: ``files`` (training corpus, nessa.lab.data chunking)
+    and ``data`` (``nessa.lab.evaluation.EvalEmbeddings``). ``extra_points``: label -> files
     of a larger corpus (e.g. every training corpus together), measured once and reported
     next to the curve (not used in the fit)."""
     if not (method in METHODS or isinstance(method, dict)):
@@ -305,7 +306,7 @@ def plot(curve: dict, path) -> None:
 # ============================================================================ CLI support
 def add_arguments(parser: argparse.ArgumentParser, *, shared_data_dir=None, cache_dir=None) -> argparse.ArgumentParser:
     """Flags of `nessa align learning-curve` (the caller supplies the embedders)."""
-    from nessa import evaluation as ev
+    from nessa.lab import evaluation as ev
 
     shared = pathlib.Path(shared_data_dir or ev.DEFAULT_SHARED_DATA)
     parser.add_argument("--train-dir", action="append", default=None,
@@ -327,8 +328,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, shared_data_dir=None, cach
 
 def main_args(args: argparse.Namespace, source, target) -> dict:
     """Run from ``add_arguments`` flags; ``source`` = runtime model, ``target`` = enrollment model."""
-    from nessa import evaluation as ev
-    from nessa.data import default_audio_loader, embed_corpus, list_utterances, speech_only_loader
+    from nessa.lab import evaluation as ev
+    from nessa.lab.data import default_audio_loader, embed_corpus, list_utterances, speech_only_loader
 
     train_dirs = args.train_dir or [str(ev.DEFAULT_ANCHORS_DIR)]
     loader = speech_only_loader(default_audio_loader())

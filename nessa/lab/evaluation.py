@@ -8,9 +8,9 @@ What is compared (all in the same run, on the same trials):
   against a fixed set of anchor speakers (each model scores the anchors with its own
   embeddings of their utterances); the score vectors are mean-centred (each by its own
   mean, so the cosine between them is a Pearson correlation) and compared by cosine;
-* ``ridge``, ``cca`` linear alignments fitted in-run with ``nessa.linear`` on the anchor
+* ``ridge``, ``cca`` linear alignments fitted in-run with ``nessa.lab.linear`` on the anchor
   corpus' paired chunk embeddings (the data and chunking of the shipped alignment; the
-  regularisation is chosen on a held-out speaker split exactly as ``nessa.train`` does,
+  regularisation is chosen on a held-out speaker split exactly as ``nessa.lab.train`` does,
   then refitted on every speaker); cross-model score only;
 * ``<artifact>``, ``<artifact>+fused`` every artifact given, scored as the service scores
   it (``AlignmentArtifact.scorer``): profiles without a runtime vector (the calibrated
@@ -40,7 +40,7 @@ Metrics: EER and minDCF (p_target 0.01, normalised by p_target) by speechbrain v
 is at least ``MIN_GAIN_GAP_POINTS`` EER points.
 
 Embedders are passed in (nessa/ never imports the service or the model packages). Every
-utterance and crop is embedded once per model and cached (``nessa.data.EmbeddingCache``,
+utterance and crop is embedded once per model and cached (``nessa.lab.data.EmbeddingCache``,
 keyed by model version + weights sha256 + file + crop/noise spec). Audio can be bypassed
 with an ``EmbeddingProvider`` (the tests use synthetic embeddings).
 """
@@ -61,15 +61,15 @@ import numpy as np
 
 from nessa import metrics
 from nessa.artifact import AlignmentArtifact, ArtifactError
-from nessa.data import (ROLE_FULL, FileEmbeddings, default_audio_loader, embed_corpus, embed_segments,
-                        list_utterances, EmbeddingCache)
 from nessa.kinds import KINDS
-from nessa.linear import RidgeSolver, fit_cca
-from nessa.train import AlignmentConfig, build_dev_trials, cross_scores, regression_pairs, split_speakers
+from nessa.lab.data import (ROLE_FULL, FileEmbeddings, default_audio_loader, embed_corpus, embed_segments,
+                        list_utterances, EmbeddingCache)
+from nessa.lab.linear import RidgeSolver, fit_cca
+from nessa.lab.train import AlignmentConfig, build_dev_trials, cross_scores, regression_pairs, split_speakers
 from speechcore.embedder import l2_normalise
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_ARTIFACTS_DIR = pathlib.Path(__file__).resolve().parent / "artifacts"
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEFAULT_ARTIFACTS_DIR = pathlib.Path(__file__).resolve().parents[1] / "artifacts"
 DEFAULT_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_EVAL_DIR = DEFAULT_SHARED_DATA / "librispeech" / "test-other"
 DEFAULT_ANCHORS_DIR = DEFAULT_SHARED_DATA / "librispeech" / "train-clean-100"
@@ -150,7 +150,7 @@ class EmbeddingProvider(Protocol):
     def evaluation_set(self, conditions: Sequence[Condition]) -> EvalEmbeddings: ...
 
     def anchor_files(self) -> list[FileEmbeddings]:
-        """The anchor / alignment-training corpus, chunked as nessa.train chunks it."""
+        """The anchor / alignment-training corpus, chunked as nessa.lab.train chunks it."""
         ...
 
 
@@ -306,7 +306,7 @@ class AudioEmbeddingProvider:
                               test_seconds=test_seconds)
 
     def anchor_files(self) -> list[FileEmbeddings]:
-        from nessa.data import speech_only_loader
+        from nessa.lab.data import speech_only_loader
 
         config = AlignmentConfig()  # the shipped alignment's chunking
         return embed_corpus(list_utterances(self.anchors_dir), self.runtime, self.enroll,
@@ -450,7 +450,7 @@ class FittedMaps:
 
 def fit_in_run_maps(files: Sequence[FileEmbeddings], seed: int = TRAIN_CHUNK_SEED,
                     config: AlignmentConfig | None = None) -> FittedMaps:
-    """Ridge and CCA on the anchor corpus' paired chunks, as ``nessa.train`` fits them:
+    """Ridge and CCA on the anchor corpus' paired chunks, as ``nessa.lab.train`` fits them:
     hyper-parameter chosen on held-out speakers (lowest cross-model EER), refit on all."""
     config = config or AlignmentConfig()
     fit, dev = split_speakers([item.speaker for item in files], config.dev_fraction, seed)
@@ -754,7 +754,7 @@ def evaluate(enroll_embedder, runtime_embedder, eval_dir=DEFAULT_EVAL_DIR, *, ar
     condition. ``provider`` replaces audio + models (the embedders may then be None).
     ``adapt``: also run ``<artifact>+adapted`` / ``+adapted+fused`` per artifact (profile
     protocol only): the alignment adapted on each draw's enrollment utterances alone
-    (``nessa.adapt.gallery_systems``; a dict is its ``AdaptConfig``).
+    (``nessa.lab.adapt.gallery_systems``; a dict is its ``AdaptConfig``).
     """
     started = time.monotonic()
     explicit = artifacts is not None
@@ -787,7 +787,7 @@ def evaluate(enroll_embedder, runtime_embedder, eval_dir=DEFAULT_EVAL_DIR, *, ar
     for artifact in artifact_list:
         systems += artifact_systems(artifact)
     if adapt:
-        from nessa.adapt import gallery_systems
+        from nessa.lab.adapt import gallery_systems
 
         for artifact in artifact_list:
             systems += gallery_systems(artifact, data, adapt if isinstance(adapt, dict) else None)

@@ -1,4 +1,4 @@
-"""Alignment networks (nessa.network / nessa.train_network) on small synthetic data."""
+"""Alignment networks (nessa.network, nessa.lab.train_network) on small synthetic data."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,11 +6,14 @@ import pytest
 import torch
 
 from nessa import calibration as cal
-from nessa import losses
-from nessa.artifact import KINDS, AlignmentArtifact
-from nessa.network import ARCHITECTURES, KIND_OF, TRANSFORMS, build_module
-from nessa.train_network import NetworkConfig, PairSet, fit_network
+from nessa.artifact import AlignmentArtifact
+from nessa.kinds import KINDS
+from nessa.lab import losses
+from nessa.lab.torch_alignment import build_module
+from nessa.lab.train_network import NetworkConfig, PairSet, fit_network
+from nessa.network import ARCHITECTURES, KIND_OF, TRANSFORMS
 from speechcore.embedder import l2_normalise
+from tests.conftest import SMALL_CONFIG, SpectralEmbedder, read_wav, write_synthetic_corpus
 
 pytestmark = pytest.mark.models_only
 
@@ -122,7 +125,7 @@ def test_network_artifact_round_trip(arch, tmp_path):
 def test_wise_soup_and_frozen_linear_are_what_they_claim():
     pairs = synthetic_pairs()
     base = {**SMALL, "arch": "twotower", "init": "cca"}
-    from nessa.train_network import _fit_one, build_module as _unused  # noqa: F401
+    from nessa.lab.train_network import _fit_one, build_module as _unused  # noqa: F401
     initial, trained = _fit_one(pairs, NetworkConfig(**base), 0, 0, checkpoint_dir=None, progress=False, log=None,
                                 eval_fn=None)
     # wise_alpha = 1 is the plain run; 0 the initial (CCA) weights; 0.5 halfway, array by array
@@ -148,9 +151,8 @@ def test_wise_soup_and_frozen_linear_are_what_they_claim():
 
 
 def test_network_training_with_rich_scoring_builds_a_working_artifact(tmp_path):
-    from tests.test_nessa import SMALL_CONFIG, SpectralEmbedder, read_wav, write_synthetic_corpus
-    from nessa.data import list_utterances
-    from nessa.train_network import train_network_alignment
+    from nessa.lab.data import list_utterances
+    from nessa.lab.train_network import train_network_alignment
 
     corpus = write_synthetic_corpus(tmp_path / "corpus", n_speakers=10, seconds=4.0)
     source, target = SpectralEmbedder("fake-src", 24, 1), SpectralEmbedder("fake-tgt", 16, 2)
@@ -176,8 +178,8 @@ def test_network_training_with_rich_scoring_builds_a_working_artifact(tmp_path):
 
 
 def test_cca_branch_scores_are_the_weighted_mean_of_tower_and_cca_cosines():
-    from nessa.linear import fit_cca
-    from nessa.network import cca_branch_params
+    from nessa.lab.linear import fit_cca
+    from nessa.lab.network_init import cca_branch_params
 
     pairs = synthetic_pairs()
     tower = fit_network(pairs, NetworkConfig(arch="twotower", init="cca", **SMALL), seed=0, progress=False)
@@ -209,10 +211,9 @@ def test_cca_branch_scores_are_the_weighted_mean_of_tower_and_cca_cosines():
 
 
 def test_network_training_with_a_cca_branch_saves_that_kind(tmp_path):
-    from tests.test_nessa import SMALL_CONFIG, SpectralEmbedder, read_wav, write_synthetic_corpus
-    from nessa.adapt import AdaptConfig, adapted_params
-    from nessa.data import list_utterances
-    from nessa.train_network import train_network_alignment
+    from nessa.lab.adapt import AdaptConfig, adapted_params
+    from nessa.lab.data import list_utterances
+    from nessa.lab.train_network import train_network_alignment
 
     corpus = write_synthetic_corpus(tmp_path / "corpus", n_speakers=10, seconds=4.0)
     source, target = SpectralEmbedder("fake-src", 24, 1), SpectralEmbedder("fake-tgt", 16, 2)
@@ -254,8 +255,9 @@ def test_network_training_with_a_cca_branch_saves_that_kind(tmp_path):
 
 @pytest.mark.parametrize("arch,cca_branch", [("resmlp", 0.0), ("twotower", 0.0), ("twotower", 0.4)])
 def test_compiled_source_transform_matches_the_reference(arch, cca_branch):
-    from nessa.linear import fit_cca
-    from nessa.network import cca_branch_params, compile_source
+    from nessa.lab.linear import fit_cca
+    from nessa.lab.network_init import cca_branch_params
+    from nessa.network import compile_source
 
     pairs = synthetic_pairs()
     init = "ridge" if arch == "resmlp" else "cca"
@@ -272,7 +274,7 @@ def test_compiled_source_transform_matches_the_reference(arch, cca_branch):
 
 
 def test_adapting_an_artifact_with_its_own_scoring_recalibrates_what_the_service_reads():
-    from nessa.adapt import adapt_artifact
+    from nessa.lab.adapt import adapt_artifact
 
     pairs = synthetic_pairs(n_speakers=48, per_speaker=6)
     params = fit_network(pairs, NetworkConfig(arch="twotower", init="cca", **SMALL), seed=0, progress=False)

@@ -1,9 +1,9 @@
 """Corpus preparation helpers: turn short single-word clips into multi-second utterances.
 
 Speech Commands holds 1-s words; a speaker's words concatenated give an utterance long
-enough for the chunk plans of ``nessa.data`` (regression chunks, profile and test halves).
+enough for the chunk plans of ``nessa.lab.data`` (regression chunks, profile and test halves).
 The concatenations are written once as 16 kHz FLAC under a speaker-folder layout, so that
-``nessa.data.list_utterances`` / ``EmbeddingCache`` treat them like any other corpus.
+``nessa.lab.data.list_utterances`` / ``EmbeddingCache`` treat them like any other corpus.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from nessa.data import list_utterances
+from nessa.lab.data import list_utterances
 
 
 def concatenate_speaker_clips(source: str | os.PathLike, out_dir: str | os.PathLike, *, min_clips: int = 3,
@@ -28,7 +28,7 @@ def concatenate_speaker_clips(source: str | os.PathLike, out_dir: str | os.PathL
     import soundfile as sf
 
     if load_audio is None:
-        from nessa.data import default_audio_loader
+        from nessa.lab.data import default_audio_loader
 
         load_audio = default_audio_loader()
     out_dir = pathlib.Path(out_dir)

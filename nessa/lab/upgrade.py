@@ -23,10 +23,11 @@ from typing import Sequence
 
 import numpy as np
 
-from nessa.data import FileEmbeddings
-from nessa.learning_curve import all_pairs_eers, fit_alignment
+from nessa import metrics
 from nessa.artifact import AlignmentArtifact
 from nessa.kinds import KINDS
+from nessa.lab.data import FileEmbeddings
+from nessa.lab.learning_curve import all_pairs_eers, fit_alignment
 from speechcore.embedder import l2_normalise
 
 MIN_GAP = 0.5
@@ -83,8 +84,6 @@ def upgrade_experiment(files: Sequence[FileEmbeddings], data, artifact: Alignmen
 
 def _candidate_eers(data, artifact: AlignmentArtifact, fused: bool) -> dict:
     """All-pairs EER % per condition of the artifact's ``score_candidates`` (with each test's duration)."""
-    from nessa import metrics
-
     n = len(data.speakers)
     same = data.speakers[:, None] == data.speakers[None, :]
     valid = ~np.eye(n, dtype=bool)

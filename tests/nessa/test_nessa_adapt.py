@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from nessa.adapt import AdaptConfig, adapt_artifact, adapt_from_pairs, closed_form_correction
 from nessa.artifact import AlignmentArtifact
-from nessa.learning_curve import fit_trend, power_law, projected_speakers
-from nessa.linear import fit_ridge
-from nessa.upgrade import gain_recovered
+from nessa.lab.adapt import AdaptConfig, adapt_artifact, adapt_from_pairs, closed_form_correction
+from nessa.lab.learning_curve import fit_trend, power_law, projected_speakers
+from nessa.lab.linear import fit_ridge
+from nessa.lab.upgrade import gain_recovered
 from speechcore.embedder import l2_normalise
 
 pytestmark = pytest.mark.models_only
@@ -127,7 +127,7 @@ def test_finetune_with_l2sp_improves_and_only_moves_the_source_side(setup):
 
 def test_evaluate_adapt_adds_profile_only_rows(tmp_path):
     from test_evaluation import SyntheticProvider, synthetic_artifact
-    from nessa.evaluation import evaluate
+    from nessa.lab.evaluation import evaluate
 
     provider = SyntheticProvider()
     artifact = synthetic_artifact(provider)

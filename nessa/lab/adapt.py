@@ -33,9 +33,10 @@ import pathlib
 
 import numpy as np
 
-from nessa import calibration as cal
-from nessa.config import config_from_any
 from nessa.artifact import AlignmentArtifact, utc_now
+from nessa.calibration import LogisticCalibration
+from nessa.lab.calibration_fit import fit_on_trials
+from nessa.lab.config import config_from_any
 from speechcore.embedder import l2_normalise
 
 METHODS = ("auto", "closed_form", "finetune")
@@ -107,8 +108,9 @@ def _adapt_closed_form(artifact: AlignmentArtifact, source, target, config: Adap
 def _adapt_finetune(artifact: AlignmentArtifact, source, target, speakers, config: AdaptConfig) -> dict:
     import torch
 
-    from nessa import losses
-    from nessa.network import CCA_BRANCH_SHAPES, TorchAlignment
+    from nessa.lab import losses
+    from nessa.lab.torch_alignment import TorchAlignment
+    from nessa.network import CCA_BRANCH_SHAPES
 
     if not artifact.kind.startswith("nn-"):
         raise ValueError(f"finetune needs an nn-* artifact, got {artifact.kind!r}; use method closed_form")
@@ -175,18 +177,18 @@ def _recalibrate(artifact: AlignmentArtifact, source, target, speakers, config: 
     prof_r, prof_e, is_target = _gallery_profiles(source, target, speakers)
     runtime = l2_normalise(np.asarray(source, np.float64)) @ prof_r.T
     cross = artifact.cross_cosine(source, prof_e)
-    calibrations = {"calibration": ([cross], ("cross_cosine",), cal.LogisticCalibration.from_dict(artifact.calibration)),
+    calibrations = {"calibration": ([cross], ("cross_cosine",), LogisticCalibration.from_dict(artifact.calibration)),
                     "fusion": ([runtime, cross], ("runtime_cosine", "cross_cosine"),
-                               cal.LogisticCalibration.from_dict(artifact.fusion))}
+                               LogisticCalibration.from_dict(artifact.fusion))}
     if artifact.scoring.get("fused") and not artifact.scoring.get("duration_bands"):
         # the calibrations the service reads (score_candidates), on the same held-out trials
         features = artifact.scorer.candidate_features(source, prof_e, prof_r)
         for label in ("fused", "cross"):
-            parent = cal.LogisticCalibration.from_dict(artifact.scoring[label])
+            parent = LogisticCalibration.from_dict(artifact.scoring[label])
             calibrations[f"scoring.{label}"] = ([features[n] for n in parent.features], parent.features, parent)
     out = {}
     for label, (features, names, parent) in calibrations.items():
-        fitted, _ = cal.fit_on_trials(features, is_target, names, default_threshold=parent.default_threshold)
+        fitted, _ = fit_on_trials(features, is_target, names, default_threshold=parent.default_threshold)
         out[label] = fitted.to_dict()
     return out
 
@@ -242,7 +244,7 @@ def adapt_from_pairs(artifact_dir, source_vecs, target_vecs, speaker_ids, out_di
 # ============================================================================ evaluation
 def gallery_systems(artifact: AlignmentArtifact, data, config: AdaptConfig | dict | None = None,
                     suffix: str = "+adapted") -> list:
-    """``nessa.evaluation.System``s for the *profile* protocol: per draw, the alignment is
+    """``nessa.lab.evaluation.System``s for the *profile* protocol: per draw, the alignment is
     adapted on that draw's enrollment utterances only (whole utterance + its crops, by both
     models), then used as ``<artifact><suffix>`` (cross) and ``<artifact><suffix>+fused``.
 
@@ -250,7 +252,7 @@ def gallery_systems(artifact: AlignmentArtifact, data, config: AdaptConfig | dic
     crops (``data.tests``) are the same audio. Do not use with the all-pairs protocol
     (every utterance is enrolled there, so the adaptation would see the test audio).
     """
-    from nessa.evaluation import SecondsScorer, System, _mean_vectors
+    from nessa.lab.evaluation import SecondsScorer, System, _mean_vectors
 
     config = AdaptConfig.from_any(config)
     row_of = {np.asarray(v, np.float32).tobytes(): i for i, v in enumerate(data.enroll_full)}

@@ -5,19 +5,19 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from nessa import calibration as cal
 from nessa import metrics
 from nessa.artifact import AlignmentArtifact, ArtifactIntegrityError
-from nessa.data import ROLE_PROFILE, ROLE_TEST, ChunkSpec, list_utterances, plan_segments
-from nessa.linear import fit_cca, fit_ridge
-from nessa.train import train_alignment
-from speechcore.embedder import Embedder, l2_normalise
+from nessa.lab import calibration_fit
+from nessa.lab.data import ROLE_PROFILE, ROLE_TEST, ChunkSpec, list_utterances, plan_segments
+from nessa.lab.linear import fit_cca, fit_ridge
+from nessa.lab.train import train_alignment
+from speechcore.embedder import l2_normalise
+from tests.conftest import SMALL_CONFIG, SR, SpectralEmbedder, read_wav, write_synthetic_corpus
 
 pytestmark = pytest.mark.models_only
 
-SR = 16000
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -30,52 +30,6 @@ def speaker_space(rng, n_speakers: int, per_speaker: int, dim: int, spread: floa
 def gaussian_trials(rng, n_target: int, n_nontarget: int):
     """Target scores ~ N(1, 1), non-target ~ N(-1, 1): the true LLR is exactly 2 * score."""
     return rng.normal(1.0, 1.0, n_target), rng.normal(-1.0, 1.0, n_nontarget)
-
-
-class SpectralEmbedder(Embedder):
-    """Deterministic fake model: band energies of the waveform through a fixed random layer."""
-
-    sample_rate = SR
-
-    def __init__(self, version: str, dim: int, seed: int):
-        self.version, self.dim, self.role = version, dim, "runtime"
-        self.weights_sha256 = f"{seed:064x}"
-        self.projection = np.random.default_rng(seed).normal(size=(32, dim))
-
-    def embed(self, batch):
-        features = []
-        for wav in batch:
-            frames = np.lib.stride_tricks.sliding_window_view(wav, 512)[::256]
-            spectrum = np.abs(np.fft.rfft(frames * np.hanning(512), axis=1)).mean(axis=0)[:256]
-            bands = np.log(spectrum.reshape(32, 8).sum(axis=1) + 1e-6)
-            features.append(np.tanh((bands - bands.mean()) @ self.projection / 8.0))
-        return l2_normalise(np.stack(features))
-
-
-def write_synthetic_corpus(root, n_speakers: int = 10, seconds: float = 6.0):
-    """One file per speaker; each speaker has its own set of tone frequencies."""
-    rng = np.random.default_rng(123)
-    t = np.arange(int(seconds * SR)) / SR
-    for speaker in range(n_speakers):
-        frequencies = rng.uniform(200, 3500, size=4)
-        wave = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6.28)) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t * (k + 1)))
-                   for k, f in enumerate(frequencies))
-        wave = 0.1 * wave / 4 + 0.01 * rng.normal(size=len(t))
-        folder = root / f"spk{speaker:02d}"
-        folder.mkdir(parents=True)
-        sf.write(folder / "utt.wav", wave.astype(np.float32), SR)
-    return root
-
-
-def read_wav(path):
-    wave, rate = sf.read(path, dtype="float32")
-    assert rate == SR
-    return wave
-
-
-SMALL_CONFIG = {"speech_only": False, "chunk_seconds": [0.5, 1.0], "chunks_per_length": 3,
-                "profile_window_seconds": 1.0, "test_seconds": [0.5, 1.0], "dev_fraction": 0.4,
-                "ridge_alphas": [1e-3, 1e-1]}
 
 
 def make_artifact(rng, name="demo") -> AlignmentArtifact:
@@ -243,20 +197,20 @@ def test_open_set_identification_counts_false_alarms_against_other_profiles():
 def test_calibration_learns_the_true_llr_and_far_thresholds_hold_on_fresh_trials():
     rng = np.random.default_rng(9)
     targets, nontargets = gaussian_trials(rng, 20000, 200000)
-    calibration = cal.fit_logistic_calibration(targets[:, None], nontargets[:, None], ("score",))
+    calibration = calibration_fit.fit_logistic_calibration(targets[:, None], nontargets[:, None], ("score",))
     assert calibration.weights[0] == pytest.approx(2.0, abs=0.05)
     assert calibration.bias == pytest.approx(0.0, abs=0.05)
     _, fresh_nontargets = gaussian_trials(rng, 1, 200000)
     fresh_llr = calibration.llr(fresh_nontargets)
     for name, far in cal.FAR_TARGETS.items():
-        threshold = cal.far_threshold(calibration.llr(nontargets), far)
+        threshold = calibration_fit.far_threshold(calibration.llr(nontargets), far)
         assert metrics.false_accept_rate(fresh_llr, threshold) == pytest.approx(far, rel=0.2), name
 
 
 def test_operating_thresholds_hit_their_error_rates_on_dev_trials():
     rng = np.random.default_rng(11)
     targets, nontargets = gaussian_trials(rng, 1000, 4000)
-    thresholds = cal.operating_thresholds(targets, nontargets)
+    thresholds = calibration_fit.operating_thresholds(targets, nontargets)
     assert metrics.false_accept_rate(nontargets, thresholds["far_1pct"]) == pytest.approx(0.01, abs=0.00025)
     assert metrics.false_accept_rate(nontargets, thresholds["far_0.1pct"]) == pytest.approx(0.001, abs=0.00025)
     far = metrics.false_accept_rate(nontargets, thresholds["eer"])
@@ -266,7 +220,7 @@ def test_operating_thresholds_hit_their_error_rates_on_dev_trials():
 
 def test_far_threshold_never_exceeds_the_allowed_false_accepts():
     scores = np.array([0.1, 0.5, 0.5, 0.5, 0.9] * 40)  # heavy ties
-    threshold = cal.far_threshold(scores, 0.3)
+    threshold = calibration_fit.far_threshold(scores, 0.3)
     assert metrics.false_accept_rate(scores, threshold) <= 0.3
 
 
@@ -275,7 +229,7 @@ def test_fusion_weights_are_positive_when_both_scores_inform():
     n_t, n_n = 2000, 20000
     runtime_t, runtime_n = rng.normal(0.7, 0.1, n_t), rng.normal(0.4, 0.1, n_n)
     cross_t, cross_n = rng.normal(0.6, 0.15, n_t), rng.normal(0.3, 0.15, n_n)
-    fusion = cal.fit_logistic_calibration(np.c_[runtime_t, cross_t], np.c_[runtime_n, cross_n],
+    fusion = calibration_fit.fit_logistic_calibration(np.c_[runtime_t, cross_t], np.c_[runtime_n, cross_n],
                                           ("runtime_cosine", "cross_cosine"))
     assert fusion.weights[0] > 0 and fusion.weights[1] > 0
     fused_eer, _ = metrics.equal_error_rate(fusion.llr(runtime_t, cross_t), fusion.llr(runtime_n, cross_n))

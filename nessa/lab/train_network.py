@@ -1,6 +1,6 @@
 """Train an alignment *network* (nessa.network) and save it as an artifact.
 
-Same protocol as ``nessa.train.train_alignment``: embed chunk pairs through the cache,
+Same protocol as ``nessa.lab.train.train_alignment``: embed chunk pairs through the cache,
 split the speakers of the primary corpus (the first one) into fit / dev, train on the fit
 speakers (plus every speaker of the other corpora, weighted per domain), measure and
 calibrate (cross-model score and fusion with the runtime cosine) on the dev trials,
@@ -22,19 +22,21 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from nessa import calibration as cal
 from nessa import metrics
-from nessa.config import config_from_any
 from nessa.artifact import AlignmentArtifact, utc_now
-from nessa.data import (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbeddings, Utterance,
-                        default_audio_loader, describe_utterances, embed_corpus, list_utterances,
-                        speech_only_loader)
-from nessa.linear import RidgeSolver, fit_cca
-from nessa.scoring import CANDIDATE_FEATURES, TOWER_FEATURES
-from nessa.network import (ARCHITECTURES, KIND_OF, TRANSFORMS, build_module, cca_branch_params, cca_init,
-                           ridge_init)
-from nessa.train import (AlignmentConfig, DevTrials, _split_scores, build_dev_trials, dev_evaluation,
+from nessa.calibration import LogisticCalibration
+from nessa.lab.calibration_fit import fit_logistic_calibration, fit_on_trials
+from nessa.lab.config import config_from_any
+from nessa.lab.data import (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbeddings, Utterance,
+                            default_audio_loader, describe_utterances, embed_corpus, list_utterances,
+                            speech_only_loader)
+from nessa.lab.linear import RidgeSolver, fit_cca
+from nessa.lab.network_init import cca_branch_params, cca_init, ridge_init
+from nessa.lab.torch_alignment import build_module
+from nessa.lab.train import (AlignmentConfig, DevTrials, _split_scores, build_dev_trials, dev_evaluation,
                          evaluate_on_dev, split_speakers)
+from nessa.network import ARCHITECTURES, KIND_OF, TRANSFORMS
+from nessa.scoring import CANDIDATE_FEATURES, TOWER_FEATURES
 from speechcore.embedder import l2_normalise
 
 #: bump when the parameterisation changes, so that old checkpoints are not resumed
@@ -118,7 +120,7 @@ class NetworkConfig:
     cca_branch: float = 0.0
     cca_branch_shrinkage: float = 0.6
     #: which segments of the primary corpus the branch is fitted on: "chunks" (random chunks
-    #: and whole utterances, as nessa.train's CCA) or "all" (also the profile / test tiles)
+    #: and whole utterances, as nessa.lab.train's CCA) or "all" (also the profile / test tiles)
     cca_branch_pairs: str = "chunks"
     # runtime scoring stored in the artifact (``scoring``; used by score_candidates)
     #: adaptive S-norm of the fused features against a cohort of the primary corpus'
@@ -322,7 +324,7 @@ def _fit_one(pairs: PairSet, config: NetworkConfig, seed: int, batch_seed: int, 
     weights, ``batch_seed`` the batch order (equal for a plain run)."""
     import torch
 
-    from nessa import losses
+    from nessa.lab import losses
 
     torch.manual_seed(batch_seed)
     model = build_module(config.arch, pairs.x.shape[1], pairs.y.shape[1], hidden=config.hidden,
@@ -419,7 +421,7 @@ def _fit_one(pairs: PairSet, config: NetworkConfig, seed: int, batch_seed: int, 
 
 def segment_pairs(files: Sequence[FileEmbeddings], speakers: set[str], pair_roles: str) -> tuple[np.ndarray, np.ndarray]:
     """(runtime, enrollment) float64 embeddings of the ``PAIR_ROLES[pair_roles]`` segments of
-    ``speakers`` in ``files``, unnormalised (as ``nessa.train.regression_pairs`` gives them)."""
+    ``speakers`` in ``files``, unnormalised (as ``nessa.lab.train.regression_pairs`` gives them)."""
     roles = PAIR_ROLES[pair_roles]
     chosen = [(item, np.isin(item.plan.roles, roles)) for item in files if item.speaker in speakers]
     return (np.concatenate([item.source[rows] for item, rows in chosen]).astype(np.float64),
@@ -429,7 +431,7 @@ def segment_pairs(files: Sequence[FileEmbeddings], speakers: set[str], pair_role
 def add_cca_branch(params: dict, files: Sequence[FileEmbeddings], speakers: set[str], config: NetworkConfig,
                    n_components: int) -> dict:
     """nn-twotower params plus the linear CCA branch, fitted on the ``config.cca_branch_pairs``
-    segments of ``speakers`` in ``files`` ("chunks": the pairs ``nessa.train`` fits its CCA on)."""
+    segments of ``speakers`` in ``files`` ("chunks": the pairs ``nessa.lab.train`` fits its CCA on)."""
     if not config.cca_branch:
         return params
     x, y = segment_pairs(files, speakers, config.cca_branch_pairs)
@@ -458,7 +460,7 @@ def dev_eers(scores: np.ndarray, trials: DevTrials) -> dict:
 
 def fused_llr(runtime: np.ndarray, cross: np.ndarray, trials: DevTrials, prior: float = 0.5) -> np.ndarray:
     mask = trials.is_target
-    fusion = cal.fit_logistic_calibration(np.c_[runtime[mask], cross[mask]], np.c_[runtime[~mask], cross[~mask]],
+    fusion = fit_logistic_calibration(np.c_[runtime[mask], cross[mask]], np.c_[runtime[~mask], cross[~mask]],
                                           ("runtime_cosine", "cross_cosine"), prior=prior)
     return fusion.llr(runtime, cross)
 
@@ -485,8 +487,6 @@ def scoring_section(kind: str, params: dict, cohort: tuple[np.ndarray, np.ndarra
                     config: NetworkConfig, base: AlignmentConfig) -> dict:
     """Calibrations (pooled and per duration band, with thresholds) of ``score_candidates``
     scores on the dev trials, for the scoring ``config`` asks for; and their dev EERs."""
-    from nessa.artifact import AlignmentArtifact
-
     snorm = {"top_k": int(config.snorm_top_k), "features": list(config.snorm_feature_names)} \
         if config.snorm_top_k else None
     extra = {} if cohort is None else {"cohort_enroll": cohort[0], "cohort_runtime": cohort[1]}
@@ -498,8 +498,8 @@ def scoring_section(kind: str, params: dict, cohort: tuple[np.ndarray, np.ndarra
     names = config.fused_feature_names
     is_target = trials.is_target
 
-    def calibrate(rows: np.ndarray, feature_names: tuple[str, ...]) -> tuple[cal.LogisticCalibration, np.ndarray]:
-        return cal.fit_on_trials([features[name][rows] for name in feature_names], is_target[rows], feature_names,
+    def calibrate(rows: np.ndarray, feature_names: tuple[str, ...]) -> tuple[LogisticCalibration, np.ndarray]:
+        return fit_on_trials([features[name][rows] for name in feature_names], is_target[rows], feature_names,
                                  prior=base.calibration_prior, default_threshold=base.default_threshold)
 
     everything = np.ones(len(trials.test_seconds), dtype=bool)
@@ -545,7 +545,7 @@ def _median_clip_seconds(utterances: Sequence[Utterance], sample: int = 50) -> f
 def prepare_corpora(train_dirs: Sequence[str], config: NetworkConfig,
                     concat_dir: str | os.PathLike) -> list[tuple[str, list[Utterance]]]:
     """[(domain, utterances)] per training corpus; short-clip corpora concatenated per speaker."""
-    from nessa.corpora import concatenate_speaker_clips
+    from nessa.lab.corpora import concatenate_speaker_clips
 
     corpora = []
     for directory in train_dirs:
@@ -567,7 +567,7 @@ def train_network_alignment(source, target, corpora: Sequence[tuple[str, list[Ut
                             base: AlignmentConfig | dict | None = None) -> AlignmentArtifact:
     """Embed, train on fit speakers, calibrate + fuse on dev speakers of the first corpus,
     retrain on all speakers, save ``<out_dir>/<name>/``. ``base`` carries the chunking,
-    dev split and calibration settings of ``nessa.train.AlignmentConfig`` (defaults: the
+    dev split and calibration settings of ``nessa.lab.train.AlignmentConfig`` (defaults: the
     shipped ridge's)."""
     config = NetworkConfig.from_any(config)
     base = AlignmentConfig.from_any(base)

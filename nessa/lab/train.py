@@ -17,15 +17,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from nessa import calibration as cal
 from nessa import metrics
-from nessa.config import config_from_any
 from nessa.artifact import AlignmentArtifact, utc_now
+from nessa.calibration import LogisticCalibration, THRESHOLD_NAMES
 from nessa.kinds import KINDS
-from nessa.data import (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, ChunkSpec, FileEmbeddings,
-                        Utterance, default_audio_loader, describe_utterances, embed_corpus,
-                        speech_only_loader)
-from nessa.linear import RidgeSolver, fit_cca
+from nessa.lab.calibration_fit import cllr, fit_on_trials, threshold_report
+from nessa.lab.config import config_from_any
+from nessa.lab.data import (ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, ChunkSpec, FileEmbeddings,
+                            Utterance, default_audio_loader, describe_utterances, embed_corpus, list_utterances,
+                            speech_only_loader)
+from nessa.lab.linear import RidgeSolver, fit_cca
 from speechcore.embedder import Embedder, l2_normalise
 
 REGRESSION_TARGETS = ("chunk", "speaker")
@@ -38,7 +39,7 @@ class AlignmentConfig:
     kind: str = "ridge"
     #: drop non-speech with Silero VAD before chunking (the service embeds speech only)
     speech_only: bool = True
-    # chunking (see nessa.data.ChunkSpec)
+    # chunking (see nessa.lab.data.ChunkSpec)
     chunk_seconds: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)
     chunks_per_length: int = 8
     include_full: bool = True
@@ -69,8 +70,8 @@ class AlignmentConfig:
             raise ValueError(f"unknown kind {self.kind!r}; known: {sorted(KINDS)}")
         if self.regression_target not in REGRESSION_TARGETS:
             raise ValueError(f"regression_target must be one of {REGRESSION_TARGETS}")
-        if self.default_threshold not in cal.THRESHOLD_NAMES:
-            raise ValueError(f"default_threshold must be one of {cal.THRESHOLD_NAMES}")
+        if self.default_threshold not in THRESHOLD_NAMES:
+            raise ValueError(f"default_threshold must be one of {THRESHOLD_NAMES}")
         if not 0.0 < self.dev_fraction < 1.0:
             raise ValueError("dev_fraction must be between 0 and 1")
 
@@ -212,11 +213,11 @@ def _summaries(scores: np.ndarray, trials: DevTrials, p_target: float) -> dict:
     return out
 
 
-def _per_duration_threshold_report(calibration: cal.LogisticCalibration, llr: np.ndarray, trials: DevTrials) -> dict:
-    report = {"pooled": cal.threshold_report(calibration, *_split_scores(llr, trials.is_target))}
+def _per_duration_threshold_report(calibration: LogisticCalibration, llr: np.ndarray, trials: DevTrials) -> dict:
+    report = {"pooled": threshold_report(calibration, *_split_scores(llr, trials.is_target))}
     for seconds in np.unique(trials.test_seconds):
         rows = trials.test_seconds == seconds
-        report[f"{seconds:g}s"] = cal.threshold_report(calibration, *_split_scores(llr, trials.is_target, rows))
+        report[f"{seconds:g}s"] = threshold_report(calibration, *_split_scores(llr, trials.is_target, rows))
     return report
 
 
@@ -260,13 +261,13 @@ def dev_evaluation(split: dict, report: dict, trials: "DevTrials", *, extra: dic
 
 
 def _calibrate(features: list[np.ndarray], names: tuple[str, ...], trials: DevTrials,
-               config: AlignmentConfig) -> tuple[cal.LogisticCalibration, np.ndarray, dict]:
+               config: AlignmentConfig) -> tuple[LogisticCalibration, np.ndarray, dict]:
     """Fit a calibration on the dev trials; returns it (with thresholds), its LLRs and a report."""
     is_target = trials.is_target
-    calibration, llr = cal.fit_on_trials(features, is_target, names, prior=config.calibration_prior,
+    calibration, llr = fit_on_trials(features, is_target, names, prior=config.calibration_prior,
                                          default_threshold=config.default_threshold)
     target_llr, nontarget_llr = _split_scores(llr, is_target)
-    report = {"cllr_bits": round(cal.cllr(target_llr, nontarget_llr), 5),
+    report = {"cllr_bits": round(cllr(target_llr, nontarget_llr), 5),
               "thresholds": _per_duration_threshold_report(calibration, llr, trials)}
     return calibration, llr, report
 
@@ -345,3 +346,22 @@ def train_alignment(source: Embedder, target: Embedder, utterances: list[Utteran
         command=command, created_at=utc_now())
     artifact.save(out_dir)
     return artifact
+
+
+def train_from_folder(source: Embedder, target: Embedder, train_dirs: Sequence[str], out_dir: str | os.PathLike,
+                      name: str, seed: int = 0, cache_dir: str | os.PathLike = "var/cache/embeddings",
+                      command: str = "", config: AlignmentConfig | dict | None = None,
+                      progress: bool = True) -> AlignmentArtifact:
+    """Train ``source`` (runtime) -> ``target`` (enrollment) on every utterance under ``train_dirs``.
+
+    Each entry may be a speaker-folder corpus, a flat LibriSpeech folder or a
+    ``<speaker_id> <path>`` list file (see ``nessa.lab.data.list_utterances``). Speaker ids
+    are taken as they are, so the same speaker listed in two sources is one speaker.
+    The artifact is written to ``<out_dir>/<name>/`` and returned.
+    """
+    if not train_dirs:
+        raise ValueError("give at least one training corpus")
+    utterances = sorted({item for directory in train_dirs for item in list_utterances(directory)})
+    return train_alignment(source, target, utterances, out_dir=out_dir, name=name, config=config, seed=seed,
+                           cache_dir=cache_dir, progress=progress, command=command,
+                           data_sources=[str(directory) for directory in train_dirs])

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from nessa import calibration as cal
-from nessa import evaluation as ev
 from nessa import metrics
 from nessa.artifact import AlignmentArtifact
-from nessa.data import ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbeddings, SegmentPlan
-from nessa.linear import fit_ridge
+from nessa.lab import evaluation as ev
+from nessa.lab.data import ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbeddings, SegmentPlan
+from nessa.lab.linear import fit_ridge
 from speechcore.embedder import l2_normalise
 
 pytestmark = pytest.mark.models_only
