@@ -28,7 +28,7 @@ def _baseline_us(dim: int, n_candidates: int, repeats: int = 5000) -> float:
 
 
 def _service_step_us(artifact: AlignmentArtifact, n_candidates: int, repeats: int = 3000) -> float:
-    """p50 of the service's whole scoring step (recognition._score without the database):
+    """p50 of the service's whole scoring step (recognition._score, on profiles in memory):
     the per-profile cache lookups, merging the candidates' rows, then score_prepared."""
     from app.services.recognition import PreparedProfiles
 
