@@ -4,7 +4,6 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from app.services import recognition
-from app.services.speakers import refuse_unknown_speakers
 from app.web.operations import Reply, operation
 from app.web.schemas import Identification, IdentifyForm, Verification, VerifyForm
 
@@ -14,11 +13,9 @@ bp = Blueprint("recognition", __name__)
 @operation(bp, "POST", "/v1/identify", access="identify", form=IdentifyForm, errors=("404", "422"),
            replies=Reply(200, Identification), summary="Who is speaking? (open set: speaker null when unknown)")
 def identify(form: IdentifyForm):
-    services = current_app.extensions["nessa"]
-    if form.candidates:
-        with services.session() as session:
-            refuse_unknown_speakers(session, form.candidates)
-    result = recognition.identify(services, form.audio.read(), top_k=form.top_k, candidates=form.candidates)
+    # identify refuses unknown candidates (404) before it reads the audio, in its one session
+    result = recognition.identify(current_app.extensions["nessa"], form.audio.read(), top_k=form.top_k,
+                                  candidates=form.candidates)
     _observe_embedding(result)
     return jsonify(result)
 
