@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from nessa.artifact import AlignmentArtifact
-from nessa.lab.evaluation import benchmark_scoring, time_calls_us
+from nessa.lab.scoring_benchmark import benchmark_scoring, time_calls_us
 
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "nessa" / "artifacts"
 

@@ -1,7 +1,7 @@
-"""Run the evaluation harness (nessa/evaluation.py) with the configured models.
+"""Run the evaluation harness (nessa/lab/evaluation/) with the configured models.
 
-The same flags as `nessa eval` (nessa.lab.evaluation.add_arguments), plus the model versions
-and an optional scoring micro-benchmark. Example (the table in docs/evaluation.md):
+The same flags as `nessa eval` (app.cli.lab_eval.add_eval_arguments), plus the model
+versions and an optional scoring micro-benchmark. Example (the table in docs/evaluation.md):
 
     .venv/bin/python scripts/run_evaluation.py --json var/eval/default.json --det var/eval/default-det.png
 """
@@ -15,13 +15,17 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from app.cli.lab_eval import add_eval_arguments, run_eval  # noqa: E402
 from app.model_catalog import load_embedder  # noqa: E402
-from nessa.lab import evaluation  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from nessa.artifact import AlignmentArtifact  # noqa: E402
+from nessa.lab.evaluation.harness import discover_artifacts  # noqa: E402
+from nessa.lab.scoring_benchmark import benchmark_scoring  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    evaluation.add_arguments(parser)
+    add_eval_arguments(parser, Settings.from_env())
     parser.add_argument("--enroll-model", default="campplus-192")
     parser.add_argument("--runtime-model", default="ge2e-256")
     parser.add_argument("--benchmark", action="store_true",
@@ -29,12 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     enroll, runtime = load_embedder(args.enroll_model), load_embedder(args.runtime_model)
-    result = evaluation.main_args(args, enroll, runtime)
+    result = run_eval(args, enroll, runtime)
     if args.benchmark:
-        from nessa.artifact import AlignmentArtifact
-
-        for path in args.artifact or evaluation.discover_artifacts():
-            print(json.dumps(evaluation.benchmark_scoring(AlignmentArtifact.load(path))))
+        for path in args.artifact or discover_artifacts():
+            print(json.dumps(benchmark_scoring(AlignmentArtifact.load(path))))
     print(f"total {time.monotonic() - started:.0f} s; info: {json.dumps(result.info)}")
     return 0
 

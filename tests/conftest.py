@@ -11,6 +11,7 @@ import os
 import pathlib
 import uuid
 
+import numpy as np
 import pytest
 
 from app.settings import Settings
@@ -118,15 +119,11 @@ class SpectralEmbedder(Embedder):
     sample_rate = SR
 
     def __init__(self, version: str, dim: int, seed: int):
-        import numpy as np
-
         self.version, self.dim, self.role = version, dim, "runtime"
         self.weights_sha256 = f"{seed:064x}"
         self.projection = np.random.default_rng(seed).normal(size=(32, dim))
 
     def embed(self, batch):
-        import numpy as np
-
         features = []
         for wav in batch:
             frames = np.lib.stride_tricks.sliding_window_view(wav, 512)[::256]
@@ -138,7 +135,6 @@ class SpectralEmbedder(Embedder):
 
 def write_synthetic_corpus(root, n_speakers: int = 10, seconds: float = 6.0):
     """One file per speaker; each speaker has its own set of tone frequencies."""
-    import numpy as np
     import soundfile as sf
 
     rng = np.random.default_rng(123)
@@ -166,6 +162,84 @@ def read_wav(path):
 SMALL_CONFIG = {"speech_only": False, "chunk_seconds": [0.5, 1.0], "chunks_per_length": 3,
                 "profile_window_seconds": 1.0, "test_seconds": [0.5, 1.0], "dev_fraction": 0.4,
                 "ridge_alphas": [1e-3, 1e-1]}
+
+
+# Synthetic embeddings for the evaluation harness (tests/nessa): speakers are latent
+# vectors, each model a fixed linear view of them plus noise.
+D_LATENT, D_ENROLL, D_RUNTIME = 16, 10, 14
+
+
+class SyntheticProvider:
+    """Speakers are latent vectors; each model is a fixed linear view plus noise. The
+    enrollment model is noiseless when ``enroll_noise`` is 0 (a perfect system); shorter
+    crops get more runtime noise."""
+
+    def __init__(self, seed: int = 0, n_speakers: int = 5, per_speaker: int = 5, n_anchor_speakers: int = 20,
+                 enroll_noise: float = 0.0, runtime_noise: float = 0.6):
+        rng = np.random.default_rng(seed)
+        self.rng_seed = seed
+        self.view_e = rng.normal(size=(D_LATENT, D_ENROLL))
+        self.view_r = rng.normal(size=(D_LATENT, D_RUNTIME))
+        self.centres = rng.normal(size=(n_speakers, D_LATENT))
+        self.per_speaker, self.n_anchor = per_speaker, n_anchor_speakers
+        self.enroll_noise, self.runtime_noise = enroll_noise, runtime_noise
+
+    def _views(self, rng, latent, noise_scale):
+        """Enrollment-model and runtime-model embeddings of utterances of speakers ``latent``."""
+        e = (latent + self.enroll_noise * noise_scale * rng.normal(size=latent.shape)) @ self.view_e
+        r = (latent + self.runtime_noise * noise_scale * rng.normal(size=latent.shape)) @ self.view_r
+        return l2_normalise(e), l2_normalise(r)
+
+    def evaluation_set(self, conditions):
+        from nessa.lab.evaluation.embeddings import EvalEmbeddings
+
+        rng = np.random.default_rng([self.rng_seed, 1])
+        labels = np.repeat(np.arange(len(self.centres)), self.per_speaker)
+        enroll_full, runtime_full = self._views(rng, self.centres[labels], 1.0)
+        tests = {}
+        for condition in conditions:
+            scale = 1.0 if condition.crop_seconds is None else 1.0 + 1.0 / condition.crop_seconds
+            tests[condition.name] = (enroll_full, runtime_full) if condition.crop_seconds is None \
+                else self._views(rng, self.centres[labels], scale)
+        return EvalEmbeddings(speakers=np.asarray([f"s{i}" for i in labels]),
+                              names=[f"s{i}/{k}" for k, i in enumerate(labels)],
+                              enroll_full=enroll_full, runtime_full=runtime_full, tests=tests)
+
+    def anchor_files(self):
+        from nessa.lab.data import ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbeddings, SegmentPlan
+
+        rng = np.random.default_rng([self.rng_seed, 2])
+        roles = np.array([ROLE_CHUNK] * 6 + [ROLE_FULL] + [ROLE_PROFILE] * 2 + [ROLE_TEST] * 3, dtype=np.int8)
+        files = []
+        for speaker in range(self.n_anchor):
+            centre = rng.normal(size=D_LATENT)
+            e, r = self._views(rng, np.repeat(centre[None, :], len(roles), axis=0), 1.0)
+            if self.enroll_noise == 0.0:  # a perfect enrollment model still varies a little in training
+                e = l2_normalise(e + 0.05 * rng.normal(size=e.shape))
+            plan = SegmentPlan(bounds=np.zeros((len(roles), 2), dtype=np.int64), roles=roles,
+                               seconds=np.ones(len(roles), dtype=np.float32))
+            files.append(FileEmbeddings(speaker=f"a{speaker:02d}", path=f"a{speaker:02d}.wav", plan=plan,
+                                        source=r, target=e))
+        return files
+
+
+def synthetic_artifact(provider: SyntheticProvider):
+    """A ridge artifact fitted on the provider's anchor corpus, with fixed calibrations."""
+    from nessa import calibration as cal
+    from nessa.artifact import AlignmentArtifact
+    from nessa.lab.linear import fit_ridge
+
+    x = np.concatenate([f.source for f in provider.anchor_files()])
+    y = np.concatenate([f.target for f in provider.anchor_files()])
+    ridge = fit_ridge(x, y, 0.1)
+    calibration = cal.LogisticCalibration(("cross_cosine",), (10.0,), -5.0,
+                                          thresholds={"far_1pct": 2.0, "far_0.1pct": 3.0})
+    fusion = cal.LogisticCalibration(("runtime_cosine", "cross_cosine"), (8.0, 6.0), -7.0,
+                                     thresholds={"far_1pct": 2.5, "far_0.1pct": 4.0})
+    return AlignmentArtifact(name="synthetic-ridge", kind="ridge", source_version="fake-r", source_dim=D_RUNTIME,
+                             source_weights_sha256="a" * 64, target_version="fake-e", target_dim=D_ENROLL,
+                             target_weights_sha256="b" * 64, params=ridge.params(),
+                             calibration=calibration.to_dict(), fusion=fusion.to_dict())
 
 
 def _postgres_schema_url(base_url: str) -> tuple[str, str]:

@@ -26,10 +26,8 @@ everyone.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
-import pathlib
 
 import numpy as np
 
@@ -238,80 +236,4 @@ def adapt_from_pairs(artifact_dir, source_vecs, target_vecs, speaker_ids, out_di
     parent = AlignmentArtifact.load(artifact_dir)
     adapted = adapt_artifact(parent, source_vecs, target_vecs, speaker_ids, config=config, name=name)
     adapted.save(out_dir)
-    return adapted
-
-
-# ============================================================================ evaluation
-def gallery_systems(artifact: AlignmentArtifact, data, config: AdaptConfig | dict | None = None,
-                    suffix: str = "+adapted") -> list:
-    """``nessa.lab.evaluation.System``s for the *profile* protocol: per draw, the alignment is
-    adapted on that draw's enrollment utterances only (whole utterance + its crops, by both
-    models), then used as ``<artifact><suffix>`` (cross) and ``<artifact><suffix>+fused``.
-
-    The enrollment utterances are found by their full-length vectors in ``data``; their
-    crops (``data.tests``) are the same audio. Do not use with the all-pairs protocol
-    (every utterance is enrolled there, so the adaptation would see the test audio).
-    """
-    from nessa.lab.evaluation import SecondsScorer, System, _mean_vectors
-
-    config = AdaptConfig.from_any(config)
-    row_of = {np.asarray(v, np.float32).tobytes(): i for i, v in enumerate(data.enroll_full)}
-    cache = {}
-
-    def adapted_for(enroll_groups):
-        rows = [row_of[np.asarray(v, np.float32).tobytes()] for g in enroll_groups for v in g]
-        key = tuple(rows)
-        if key not in cache:
-            src = [data.runtime_full[rows]] + [r[rows] for _, r in data.tests.values()]
-            tgt = [data.enroll_full[rows]] + [e[rows] for e, _ in data.tests.values()]
-            spk = np.tile(data.speakers[rows], 1 + len(data.tests))
-            cache[key] = adapt_artifact(artifact, np.concatenate(src), np.concatenate(tgt), spk, config=config)
-        return cache[key]
-
-    def build(fused: bool):
-        def builder(enroll_groups, runtime_groups):
-            scorer = adapted_for(enroll_groups).scorer
-            profiles_e = _mean_vectors(enroll_groups)
-            profiles_r = _mean_vectors(runtime_groups) if fused else None
-            return SecondsScorer(lambda test_e, test_r, seconds: scorer.score_candidates(
-                test_r, profiles_e, profiles_r, seconds=seconds)[0])
-        return builder
-
-    def threshold(fused: bool):
-        try:
-            return artifact.scorer.candidate_threshold(fused=fused)
-        except (KeyError, ValueError):
-            return None
-
-    return [System(f"{artifact.name}{suffix}", build(False), threshold(False), protocols=("profile",)),
-            System(f"{artifact.name}{suffix}+fused", build(True), threshold(True), protocols=("profile",))]
-
-
-# ============================================================================ CLI support
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Flags of `nessa align adapt` (pairs from an .npz; the service passes arrays to
-    ``adapt_from_pairs`` directly)."""
-    parser.add_argument("--artifact", required=True, help="parent artifact directory")
-    parser.add_argument("--pairs", required=True,
-                        help=".npz with source (N, d_runtime), target (N, d_enroll), speaker (N,)")
-    parser.add_argument("--out", required=True, help="directory to write <name>/ into")
-    parser.add_argument("--name", default=None, help="default: <parent>+adapted")
-    parser.add_argument("--method", choices=METHODS, default=AdaptConfig.method)
-    parser.add_argument("--lam", type=float, default=AdaptConfig.lam, help="closed form: pull to the identity")
-    parser.add_argument("--steps", type=int, default=AdaptConfig.steps)
-    parser.add_argument("--lr", type=float, default=AdaptConfig.lr)
-    parser.add_argument("--l2-sp", type=float, default=AdaptConfig.l2_sp)
-    parser.add_argument("--min-calibration-speakers", type=int, default=AdaptConfig.min_calibration_speakers)
-    return parser
-
-
-def main_args(args: argparse.Namespace) -> AlignmentArtifact:
-    with np.load(args.pairs, allow_pickle=False) as pairs:
-        source, target, speaker = pairs["source"], pairs["target"], pairs["speaker"]
-    config = AdaptConfig(method=args.method, lam=args.lam, steps=args.steps, lr=args.lr, l2_sp=args.l2_sp,
-                         min_calibration_speakers=args.min_calibration_speakers)
-    adapted = adapt_from_pairs(args.artifact, source, target, speaker, args.out, args.name, config)
-    print(f"wrote {pathlib.Path(args.out) / adapted.name} (parent {adapted.config['adaptation']['parent']}, "
-          f"{len(source)} pairs, {adapted.config['adaptation']['n_speakers']} speakers, "
-          f"recalibrated: {adapted.config['adaptation']['recalibrated']})")
     return adapted

@@ -17,9 +17,7 @@ Embedders are passed in; nessa/ imports neither the service nor the model packag
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import pathlib
 import time
@@ -31,7 +29,9 @@ from nessa import metrics
 from nessa.calibration import LogisticCalibration
 from nessa.kinds import KINDS
 from nessa.lab.calibration_fit import fit_logistic_calibration
-from nessa.lab.data import FileEmbeddings
+from nessa.lab.data import FileEmbeddings, default_audio_loader, embed_corpus, list_utterances, speech_only_loader
+from nessa.lab.evaluation.conditions import DEFAULT_CROPS, make_conditions
+from nessa.lab.evaluation.embeddings import AudioEmbeddingProvider
 from nessa.lab.train import (AlignmentConfig, _candidate_params, _fit_params, build_dev_trials, cross_scores,
                          regression_pairs, split_speakers)
 from speechcore.embedder import l2_normalise
@@ -191,7 +191,7 @@ def learning_curve(files: Sequence[FileEmbeddings], data, *, counts: Sequence[in
                    method: str = "ridge", repeats: int = 3, seed: int = 0, extra_points: dict | None = None,
                    progress: bool = False) -> dict:
     """The curve on precomputed embeddings: ``files`` (training corpus, nessa.lab.data chunking)
-    and ``data`` (``nessa.lab.evaluation.EvalEmbeddings``). ``extra_points``: label -> files
+    and ``data`` (``nessa.lab.evaluation.embeddings.EvalEmbeddings``). ``extra_points``: label -> files
     of a larger corpus (e.g. every training corpus together), measured once and reported
     next to the curve (not used in the fit)."""
     if not (method in METHODS or isinstance(method, dict)):
@@ -303,56 +303,27 @@ def plot(curve: dict, path) -> None:
     plt.close(figure)
 
 
-# ============================================================================ CLI support
-def add_arguments(parser: argparse.ArgumentParser, *, shared_data_dir=None, cache_dir=None) -> argparse.ArgumentParser:
-    """Flags of `nessa align learning-curve` (the caller supplies the embedders)."""
-    from nessa.lab import evaluation as ev
-
-    shared = pathlib.Path(shared_data_dir or ev.DEFAULT_SHARED_DATA)
-    parser.add_argument("--train-dir", action="append", default=None,
-                        help="training corpus; the curve subsamples the speakers of the first, the others are "
-                             "added for one extra 'all corpora' point (repeatable; default: train-clean-100)")
-    parser.add_argument("--counts", default=",".join(str(c) for c in DEFAULT_COUNTS),
-                        help="comma-separated speaker counts (default: %(default)s)")
-    parser.add_argument("--method", choices=METHODS, default="ridge",
-                        help="twotower = the shipped two-tower recipe (minutes per count on CPU)")
-    parser.add_argument("--repeats", type=int, default=3, help="seeded subsets per count (default: %(default)s)")
-    parser.add_argument("--eval-dir", default=str(shared / "librispeech" / "test-other"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache-dir", default=str(cache_dir or ev.DEFAULT_CACHE_DIR))
-    parser.add_argument("--json", help="write the curve here")
-    parser.add_argument("--png", help="plot points and fitted trends here")
-    parser.add_argument("--quiet", action="store_true")
-    return parser
-
-
-def main_args(args: argparse.Namespace, source, target) -> dict:
-    """Run from ``add_arguments`` flags; ``source`` = runtime model, ``target`` = enrollment model."""
-    from nessa.lab import evaluation as ev
-    from nessa.lab.data import default_audio_loader, embed_corpus, list_utterances, speech_only_loader
-
-    train_dirs = args.train_dir or [str(ev.DEFAULT_ANCHORS_DIR)]
+# ============================================================================ from audio
+def learning_curve_from_audio(source, target, train_dirs: Sequence[str], eval_dir, *, cache_dir,
+                              counts: Sequence[int] = DEFAULT_COUNTS, method: str = "ridge", repeats: int = 3,
+                              seed: int = 0, progress: bool = True) -> dict:
+    """The curve from audio: ``source`` = runtime model, ``target`` = enrollment model. The
+    first of ``train_dirs`` is subsampled; with more, all of them together give one extra
+    "all corpora" point. ``eval_dir`` is embedded as ``nessa eval`` embeds it (speech only,
+    full length and its 2-s / 1-s crops, seed 0)."""
     loader = speech_only_loader(default_audio_loader())
     spec = AlignmentConfig().chunk_spec(0)
 
     def embed(directory):
-        return embed_corpus(list_utterances(directory), source, target, spec, cache_dir=args.cache_dir,
-                            load_audio=loader, audio_tag="speech_only", progress=not args.quiet)
+        return embed_corpus(list_utterances(directory), source, target, spec, cache_dir=cache_dir,
+                            load_audio=loader, audio_tag="speech_only", progress=progress)
 
     files = embed(train_dirs[0])
     extra = {}
     if len(train_dirs) > 1:
         extra["all corpora"] = files + [f for d in train_dirs[1:] for f in embed(d)]
-    provider = ev.AudioEmbeddingProvider(target, source, args.eval_dir, anchors_dir=None, cache_dir=args.cache_dir,
-                                         crops=ev.DEFAULT_CROPS, seed=0, progress=not args.quiet)
-    data = provider.evaluation_set(ev.make_conditions(ev.DEFAULT_CROPS, None))
-    counts = [int(c) for c in str(args.counts).split(",") if c.strip()]
-    curve = learning_curve(files, data, counts=counts, method=args.method, repeats=args.repeats, seed=args.seed,
-                           extra_points=extra, progress=not args.quiet)
-    print(summary_table(curve))
-    if args.json:
-        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.json).write_text(json.dumps(curve, indent=1, default=float) + "\n", encoding="utf-8")
-    if args.png:
-        plot(curve, args.png)
-    return curve
+    provider = AudioEmbeddingProvider(target, source, eval_dir, anchors_dir=None, cache_dir=cache_dir,
+                                      crops=DEFAULT_CROPS, seed=0, progress=progress)
+    data = provider.evaluation_set(make_conditions(DEFAULT_CROPS, None))
+    return learning_curve(files, data, counts=counts, method=method, repeats=repeats, seed=seed,
+                          extra_points=extra, progress=progress)

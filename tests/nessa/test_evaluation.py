@@ -1,4 +1,4 @@
-"""`nessa eval` (nessa/evaluation.py): synthetic embeddings through the whole harness, plus
+"""`nessa eval` (nessa/lab/evaluation/): synthetic embeddings through the whole harness, plus
 one small run on real speech."""
 from __future__ import annotations
 
@@ -9,86 +9,22 @@ import pytest
 
 from nessa import calibration as cal
 from nessa import metrics
-from nessa.artifact import AlignmentArtifact
-from nessa.lab import evaluation as ev
-from nessa.lab.data import ROLE_CHUNK, ROLE_FULL, ROLE_PROFILE, ROLE_TEST, FileEmbeddings, SegmentPlan
-from nessa.lab.linear import fit_ridge
+from nessa.lab.evaluation.conditions import add_noise, crop_bounds, make_conditions
+from nessa.lab.evaluation.harness import DEFAULT_ARTIFACTS_DIR, EvaluationConfig, evaluate
+from nessa.lab.evaluation.protocols import MIN_GAIN_GAP_POINTS, gain_recovered, verification_figures
+from nessa.lab.evaluation.report import ROW_KEYS
+from nessa.lab.evaluation.systems import adapted_system, artifact_systems
+from nessa.lab.scoring_benchmark import benchmark_scoring
 from speechcore.embedder import l2_normalise
+from tests.conftest import D_ENROLL, D_RUNTIME, SyntheticProvider, synthetic_artifact
 
 pytestmark = pytest.mark.models_only
 
-D_LATENT, D_ENROLL, D_RUNTIME = 16, 10, 14
-
-
-class SyntheticProvider:
-    """Speakers are latent vectors; each model is a fixed linear view plus noise. The
-    enrollment model is noiseless when ``enroll_noise`` is 0 (a perfect system); shorter
-    crops get more runtime noise."""
-
-    def __init__(self, seed: int = 0, n_speakers: int = 5, per_speaker: int = 5, n_anchor_speakers: int = 20,
-                 enroll_noise: float = 0.0, runtime_noise: float = 0.6):
-        rng = np.random.default_rng(seed)
-        self.rng_seed = seed
-        self.view_e = rng.normal(size=(D_LATENT, D_ENROLL))
-        self.view_r = rng.normal(size=(D_LATENT, D_RUNTIME))
-        self.centres = rng.normal(size=(n_speakers, D_LATENT))
-        self.per_speaker, self.n_anchor = per_speaker, n_anchor_speakers
-        self.enroll_noise, self.runtime_noise = enroll_noise, runtime_noise
-
-    def _views(self, rng, latent, noise_scale):
-        """Enrollment-model and runtime-model embeddings of utterances of speakers ``latent``."""
-        e = (latent + self.enroll_noise * noise_scale * rng.normal(size=latent.shape)) @ self.view_e
-        r = (latent + self.runtime_noise * noise_scale * rng.normal(size=latent.shape)) @ self.view_r
-        return l2_normalise(e), l2_normalise(r)
-
-    def evaluation_set(self, conditions):
-        rng = np.random.default_rng([self.rng_seed, 1])
-        labels = np.repeat(np.arange(len(self.centres)), self.per_speaker)
-        enroll_full, runtime_full = self._views(rng, self.centres[labels], 1.0)
-        tests = {}
-        for condition in conditions:
-            scale = 1.0 if condition.crop_seconds is None else 1.0 + 1.0 / condition.crop_seconds
-            tests[condition.name] = (enroll_full, runtime_full) if condition.crop_seconds is None \
-                else self._views(rng, self.centres[labels], scale)
-        return ev.EvalEmbeddings(speakers=np.asarray([f"s{i}" for i in labels]),
-                                 names=[f"s{i}/{k}" for k, i in enumerate(labels)],
-                                 enroll_full=enroll_full, runtime_full=runtime_full, tests=tests)
-
-    def anchor_files(self):
-        rng = np.random.default_rng([self.rng_seed, 2])
-        roles = np.array([ROLE_CHUNK] * 6 + [ROLE_FULL] + [ROLE_PROFILE] * 2 + [ROLE_TEST] * 3, dtype=np.int8)
-        files = []
-        for speaker in range(self.n_anchor):
-            centre = rng.normal(size=D_LATENT)
-            e, r = self._views(rng, np.repeat(centre[None, :], len(roles), axis=0), 1.0)
-            if self.enroll_noise == 0.0:  # a perfect enrollment model still varies a little in training
-                e = l2_normalise(e + 0.05 * rng.normal(size=e.shape))
-            plan = SegmentPlan(bounds=np.zeros((len(roles), 2), dtype=np.int64), roles=roles,
-                               seconds=np.ones(len(roles), dtype=np.float32))
-            files.append(FileEmbeddings(speaker=f"a{speaker:02d}", path=f"a{speaker:02d}.wav", plan=plan,
-                                        source=r, target=e))
-        return files
-
-
-def synthetic_artifact(provider: SyntheticProvider) -> AlignmentArtifact:
-    x = np.concatenate([f.source for f in provider.anchor_files()])
-    y = np.concatenate([f.target for f in provider.anchor_files()])
-    ridge = fit_ridge(x, y, 0.1)
-    calibration = cal.LogisticCalibration(("cross_cosine",), (10.0,), -5.0,
-                                          thresholds={"far_1pct": 2.0, "far_0.1pct": 3.0})
-    fusion = cal.LogisticCalibration(("runtime_cosine", "cross_cosine"), (8.0, 6.0), -7.0,
-                                     thresholds={"far_1pct": 2.5, "far_0.1pct": 4.0})
-    return AlignmentArtifact(name="synthetic-ridge", kind="ridge", source_version="fake-r", source_dim=D_RUNTIME,
-                             source_weights_sha256="a" * 64, target_version="fake-e", target_dim=D_ENROLL,
-                             target_weights_sha256="b" * 64, params=ridge.params(),
-                             calibration=calibration.to_dict(), fusion=fusion.to_dict())
-
-
-def run(provider=None, seed=0, crops=(2.0, 1.0), draws=3, **kwargs):
+def run(provider=None, seed=0, crops=(2.0, 1.0), draws=3, artifacts=None, extra_systems=()):
     provider = provider or SyntheticProvider()
-    return ev.evaluate(None, None, None, artifacts=kwargs.pop("artifacts", [synthetic_artifact(provider)]),
-                       crops=crops, draws=draws, seed=seed, cache_dir=None, anchors_dir=None,
-                       provider=provider, progress=False, **kwargs)
+    config = EvaluationConfig(artifacts=artifacts or [synthetic_artifact(provider)], crops=crops, draws=draws,
+                              seed=seed, progress=False)
+    return evaluate(config, provider=provider, extra_systems=extra_systems)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +39,7 @@ def test_every_system_condition_and_protocol_has_a_row(result):
     assert result.conditions == ["full", "2s", "1s"]
     assert len(result.rows) == len(expected_systems) * 3 * 2
     for row in result.rows:
-        assert set(ev.ROW_KEYS) <= set(row)
+        assert set(ROW_KEYS) <= set(row)
         assert 0.0 <= row["eer"] <= 100.0 and row["min_dcf"] >= 0.0
     # 5 speakers x 5 utterances: all ordered pairs of different utterances
     pairs = result.row("runtime_sym", "full", "all_pairs")
@@ -125,7 +61,7 @@ def test_a_perfect_system_has_zero_eer(result):
             if protocol == "profile":
                 assert row["top1"] == 100.0 and row["eer_sd"] == 0.0
     assert result.row("runtime_sym", "1s", "all_pairs")["eer"] > 1.0  # the noisy side is not perfect
-    assert ev.verification_figures([0.9, 0.8], [0.1, 0.2, 0.3]) == (0.0, 0.0)
+    assert verification_figures([0.9, 0.8], [0.1, 0.2, 0.3]) == (0.0, 0.0)
 
 
 def test_seeded_evaluation_reproduces_its_figures_exactly(result, tmp_path):
@@ -141,15 +77,15 @@ def test_seeded_evaluation_reproduces_its_figures_exactly(result, tmp_path):
 
 
 def test_gain_recovered_follows_its_definition(result):
-    assert ev.gain_recovered(10.0, 2.0, 6.0) == pytest.approx(0.5)
-    assert ev.gain_recovered(10.0, 2.0, 2.0) == pytest.approx(1.0)
-    assert ev.gain_recovered(10.0, 2.0, 12.0) == pytest.approx(-0.25)
-    assert ev.gain_recovered(2.4, 2.0, 1.0) is None  # gap of 0.4 points: omitted
-    assert ev.gain_recovered(2.5, 2.0, 2.0) == pytest.approx(1.0)  # 0.5 points is enough
+    assert gain_recovered(10.0, 2.0, 6.0) == pytest.approx(0.5)
+    assert gain_recovered(10.0, 2.0, 2.0) == pytest.approx(1.0)
+    assert gain_recovered(10.0, 2.0, 12.0) == pytest.approx(-0.25)
+    assert gain_recovered(2.4, 2.0, 1.0) is None  # gap of 0.4 points: omitted
+    assert gain_recovered(2.5, 2.0, 2.0) == pytest.approx(1.0)  # 0.5 points is enough
     for row in result.rows:
         runtime = result.row("runtime_sym", row["condition"], row["protocol"])["eer"]
         enroll = result.row("enroll_sym", row["condition"], row["protocol"])["eer"]
-        if runtime - enroll >= ev.MIN_GAIN_GAP_POINTS:
+        if runtime - enroll >= MIN_GAIN_GAP_POINTS:
             assert row["gain_recovered"] == pytest.approx((runtime - row["eer"]) / (runtime - enroll))
         else:
             assert row["gain_recovered"] is None
@@ -169,7 +105,7 @@ def test_json_rows_and_markdown(result, tmp_path):
     rows = json.loads(path.read_text())
     assert isinstance(rows, list) and len(rows) == len(result.rows)
     for row in rows:
-        assert set(ev.ROW_KEYS) <= set(row)
+        assert set(ROW_KEYS) <= set(row)
     table = result.markdown()
     for system in result.systems:
         assert f"| {system} |" in table
@@ -186,7 +122,7 @@ def test_adapted_system_hook_gets_each_profiles_paired_embeddings():
         centre = l2_normalise(runtime.mean(axis=0))
         return lambda test_runtime: l2_normalise(test_runtime) @ centre
 
-    outcome = run(crops=(1.0,), draws=2, extra_systems=[ev.adapted_system("adapted_runtime", adapt)])
+    outcome = run(crops=(1.0,), draws=2, extra_systems=[adapted_system("adapted_runtime", adapt)])
     assert ((3, D_ENROLL), (3, D_RUNTIME)) in seen and ((1, D_ENROLL), (1, D_RUNTIME)) in seen
     for condition in outcome.conditions:
         for protocol in outcome.protocols:
@@ -197,17 +133,17 @@ def test_adapted_system_hook_gets_each_profiles_paired_embeddings():
 def test_noise_mixing_hits_the_requested_snr():
     rng = np.random.default_rng(0)
     speech, noise = rng.normal(size=16000), rng.normal(size=16000) * 3.0
-    noisy = ev.add_noise(speech, noise, 10.0)
+    noisy = add_noise(speech, noise, 10.0)
     added = noisy - speech
     assert 10 * np.log10(np.mean(speech ** 2) / np.mean(added ** 2)) == pytest.approx(10.0, abs=1e-3)
-    bounds = ev.crop_bounds(48000, 16000, (2.0, 1.0, 5.0), 0, "spk", "a.flac")
+    bounds = crop_bounds(48000, 16000, (2.0, 1.0, 5.0), 0, "spk", "a.flac")
     assert bounds[0].tolist() == [0, 48000] and bounds[3].tolist() == [0, 48000]
     assert (bounds[1, 1] - bounds[1, 0], bounds[2, 1] - bounds[2, 0]) == (32000, 16000)
-    assert np.array_equal(bounds, ev.crop_bounds(48000, 16000, (2.0, 1.0, 5.0), 0, "spk", "/else/a.flac"))
+    assert np.array_equal(bounds, crop_bounds(48000, 16000, (2.0, 1.0, 5.0), 0, "spk", "/else/a.flac"))
 
 
 def test_scoring_benchmark_reports_percentiles():
-    report = ev.benchmark_scoring(synthetic_artifact(SyntheticProvider()), n_candidates=10, repeats=300)
+    report = benchmark_scoring(synthetic_artifact(SyntheticProvider()), n_candidates=10, repeats=300)
     assert report["n_candidates"] == 10 and 0 < report["p50_us"] <= report["p95_us"]
 
 
@@ -228,10 +164,11 @@ def test_real_speech_three_speakers(tmp_path):
     anchor_list = tmp_path / "anchors.txt"
     anchor_list.write_text("".join(f"{f.name.split('-')[0]} {f}\n" for f in anchor_files))
     # the project's content-keyed embedding cache (shared with `nessa align train`)
-    outcome = ev.evaluate(CamPlusPlusEmbedder(), GE2EEmbedder(), listing,
-                          artifacts=[ev.DEFAULT_ARTIFACTS_DIR / "ridge-ge2e256-to-campplus192-v1"],
-                          crops=(2.0, 1.0), draws=2, seed=0, cache_dir=REPO_ROOT / "var" / "cache" / "embeddings",
-                          anchors_dir=anchor_list, progress=False)
+    config = EvaluationConfig(eval_dir=listing, anchors_dir=anchor_list,
+                              cache_dir=REPO_ROOT / "var" / "cache" / "embeddings",
+                              artifacts=[DEFAULT_ARTIFACTS_DIR / "ridge-ge2e256-to-campplus192-v1"],
+                              crops=(2.0, 1.0), draws=2, seed=0, progress=False)
+    outcome = evaluate(config, CamPlusPlusEmbedder(), GE2EEmbedder())
     assert outcome.info["n_speakers"] == 3 and outcome.info["anchors"] == 60
     pairs = {system: outcome.row(system, "1s", "all_pairs")["eer"] for system in outcome.systems}
     # Robust on this material: the heavy model beats the aligned cross-model score on 1-s tests,
@@ -257,12 +194,12 @@ def test_an_artifact_with_its_own_scoring_is_evaluated_through_its_scorer():
                                scoring={"snorm": {"top_k": 5, "features": ["runtime_cosine", "cross_cosine"]},
                                         "fused": fused.to_dict(), "cross": cross.to_dict()})
     result = run(provider, artifacts=[plain, rich])
-    data = provider.evaluation_set(ev.make_conditions((2.0, 1.0), None))
+    data = provider.evaluation_set(make_conditions((2.0, 1.0), None))
     n = len(data.speakers)
     same, valid = data.speakers[:, None] == data.speakers[None, :], ~np.eye(n, dtype=bool)
     for condition, (_, test_r) in data.tests.items():
         llr, _ = rich.scorer.score_candidates(test_r, data.enroll_full, data.runtime_full)
         expected = 100 * metrics.equal_error_rate(llr[same & valid], llr[~same & valid])[0]
         assert result.row("synthetic-rich+fused", condition, "all_pairs")["eer"] == pytest.approx(expected)
-    assert ev.artifact_systems(rich)[1].threshold == 3.0
-    assert ev.benchmark_scoring(rich, n_candidates=10, repeats=50)["p50_us"] > 0
+    assert artifact_systems(rich)[1].threshold == 3.0
+    assert benchmark_scoring(rich, n_candidates=10, repeats=50)["p50_us"] > 0

@@ -126,13 +126,13 @@ def test_finetune_with_l2sp_improves_and_only_moves_the_source_side(setup):
 
 
 def test_evaluate_adapt_adds_profile_only_rows(tmp_path):
-    from test_evaluation import SyntheticProvider, synthetic_artifact
-    from nessa.lab.evaluation import evaluate
+    from nessa.lab.evaluation.harness import EvaluationConfig, evaluate
+    from tests.conftest import SyntheticProvider, synthetic_artifact
 
     provider = SyntheticProvider()
     artifact = synthetic_artifact(provider)
-    result = evaluate(None, None, artifacts=[artifact], crops=(2.0,), draws=2, provider=provider, progress=False,
-                      adapt=True)
+    config = EvaluationConfig(artifacts=[artifact], crops=(2.0,), draws=2, adapt=True, progress=False)
+    result = evaluate(config, provider=provider)
     name = f"{artifact.name}+adapted"
     assert name in result.systems and f"{name}+fused" in result.systems
     assert math.isfinite(result.row(name, "full", "profile")["eer"])
