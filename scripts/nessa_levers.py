@@ -40,9 +40,11 @@ from nessa.kinds import KINDS  # noqa: E402
 from nessa.lab.calibration_fit import fit_logistic_calibration  # noqa: E402
 from nessa.lab.data import ROLE_PROFILE, ROLE_TEST, default_audio_loader, embed_corpus, speech_only_loader  # noqa: E402
 from nessa.lab.linear import fit_cca  # noqa: E402
+from nessa.lab.network_config import NetworkConfig  # noqa: E402
+from nessa.lab.network_pairs import build_pairs, cohort_vectors, segment_pairs  # noqa: E402
+from nessa.lab.network_training import train_run  # noqa: E402
 from nessa.lab.train import AlignmentConfig, DevTrials, build_dev_trials, regression_pairs  # noqa: E402
-from nessa.lab.train_network import (NetworkConfig, _fit_one, build_pairs, cohort_vectors, segment_pairs,  # noqa: E402
-                                 prepare_corpora)
+from nessa.lab.train_network import prepare_corpora  # noqa: E402
 from nessa.snorm import snorm_with_stats, top_k_stats  # noqa: E402
 from speechcore.embedder import l2_normalise  # noqa: E402
 
@@ -236,8 +238,7 @@ def fold_runs(files, domains, folds: list[Fold], config: NetworkConfig) -> list[
     runs = []
     for fold in folds:
         pairs = build_pairs(files, domains, fold.fit, config)
-        soup = [_fit_one(pairs, config, 0, batch_seed, checkpoint_dir=None, progress=False, log=None, eval_fn=None)
-                for batch_seed in range(config.soup)]
+        soup = [train_run(pairs, config, 0, batch_seed, progress=False) for batch_seed in range(config.soup)]
         runs.append((soup[0][0], {k: np.mean([run[1][k] for run in soup], axis=0) for k in soup[0][1]}))
     return runs
 

@@ -138,7 +138,7 @@ def _network_config(args):
     """NetworkConfig from the `--<field>` flags that were given (others keep defaults)."""
     import dataclasses
 
-    from nessa.lab.train_network import NetworkConfig
+    from nessa.lab.network_config import NetworkConfig
 
     values = {"arch": args.arch}
     for field in dataclasses.fields(NetworkConfig):
@@ -160,7 +160,7 @@ def _network_config(args):
 def _add_network_flags(parser) -> None:
     import dataclasses
 
-    from nessa.lab.train_network import NetworkConfig
+    from nessa.lab.network_config import NetworkConfig
 
     group = parser.add_argument_group("alignment network (with --arch other than ridge; defaults: NetworkConfig)")
     for field in dataclasses.fields(NetworkConfig):

@@ -131,7 +131,10 @@ def fit_alignment(files: Sequence[FileEmbeddings], speakers: Sequence[str], meth
 
 def _fit_network(files, speakers, network_config: dict, seed: int) -> FittedAlignment:
     """A network alignment: trained on the fit split for dev fusion weights, then on every speaker."""
-    from nessa.lab.train_network import NetworkConfig, build_pairs, fit_network, network_cross_scores
+    from nessa.lab.network_config import NetworkConfig
+    from nessa.lab.network_dev import network_cross_scores
+    from nessa.lab.network_pairs import build_pairs
+    from nessa.lab.network_training import fit_network
 
     config = NetworkConfig.from_any(network_config)
     subset = [f for f in files if f.speaker in set(speakers)]

@@ -10,7 +10,9 @@ from nessa.artifact import AlignmentArtifact
 from nessa.kinds import KINDS
 from nessa.lab import losses
 from nessa.lab.torch_alignment import build_module
-from nessa.lab.train_network import NetworkConfig, PairSet, fit_network
+from nessa.lab.network_config import NetworkConfig
+from nessa.lab.network_pairs import PairSet
+from nessa.lab.network_training import fit_network, train_run
 from nessa.network import ARCHITECTURES, KIND_OF, TRANSFORMS
 from speechcore.embedder import l2_normalise
 from tests.conftest import SMALL_CONFIG, SpectralEmbedder, read_wav, write_synthetic_corpus
@@ -125,9 +127,7 @@ def test_network_artifact_round_trip(arch, tmp_path):
 def test_wise_soup_and_frozen_linear_are_what_they_claim():
     pairs = synthetic_pairs()
     base = {**SMALL, "arch": "twotower", "init": "cca"}
-    from nessa.lab.train_network import _fit_one, build_module as _unused  # noqa: F401
-    initial, trained = _fit_one(pairs, NetworkConfig(**base), 0, 0, checkpoint_dir=None, progress=False, log=None,
-                                eval_fn=None)
+    initial, trained = train_run(pairs, NetworkConfig(**base), 0, 0, progress=False)
     # wise_alpha = 1 is the plain run; 0 the initial (CCA) weights; 0.5 halfway, array by array
     plain = fit_network(pairs, NetworkConfig(**base), seed=0, progress=False)
     for key in plain:
@@ -138,8 +138,7 @@ def test_wise_soup_and_frozen_linear_are_what_they_claim():
         np.testing.assert_allclose(at_init[key], initial[key], atol=1e-7)
         np.testing.assert_allclose(half[key], (initial[key] + trained[key]) / 2, atol=1e-6)
     # a soup of 2 is the mean of the runs with batch seeds 0 and 1 (same initial weights)
-    _, second = _fit_one(pairs, NetworkConfig(**base), 0, 1, checkpoint_dir=None, progress=False, log=None,
-                         eval_fn=None)
+    _, second = train_run(pairs, NetworkConfig(**base), 0, 1, progress=False)
     souped = fit_network(pairs, NetworkConfig(**base, soup=2), seed=0, progress=False)
     for key in plain:
         np.testing.assert_allclose(souped[key], (trained[key] + second[key]) / 2, atol=1e-6)
