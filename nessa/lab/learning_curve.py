@@ -32,8 +32,8 @@ from nessa.lab.calibration_fit import fit_logistic_calibration
 from nessa.lab.data import FileEmbeddings, default_audio_loader, embed_corpus, list_utterances, speech_only_loader
 from nessa.lab.evaluation.conditions import DEFAULT_CROPS, make_conditions
 from nessa.lab.evaluation.embeddings import AudioEmbeddingProvider
-from nessa.lab.train import (AlignmentConfig, _candidate_params, _fit_params, build_dev_trials, cross_scores,
-                         regression_pairs, split_speakers)
+from nessa.lab.train import (AlignmentConfig, build_dev_trials, candidate_params, cross_scores, fit_params,
+                            regression_pairs, split_speakers)
 from speechcore.embedder import l2_normalise
 
 DEFAULT_COUNTS = (25, 50, 100, 150, 200, 251)
@@ -112,7 +112,7 @@ def fit_alignment(files: Sequence[FileEmbeddings], speakers: Sequence[str], meth
     trials = build_dev_trials(subset, set(dev))
     mask = trials.is_target
     best = None
-    for order, (hyper, params) in enumerate(_candidate_params(method, x_fit, y_fit, config)):
+    for order, (hyper, params) in enumerate(candidate_params(method, x_fit, y_fit, config)):
         scores = cross_scores(method, params, trials)
         eer = metrics.equal_error_rate(scores[mask], scores[~mask])[0]
         key = (eer, -order)
@@ -126,7 +126,7 @@ def fit_alignment(files: Sequence[FileEmbeddings], speakers: Sequence[str], meth
     fused = fusion.llr(runtime, cross)
     dev_eer = {"cross": 100 * best[0][0], "fused": 100 * metrics.equal_error_rate(fused[mask], fused[~mask])[0]}
     x_all, y_all = regression_pairs(subset, set(speakers), config.regression_target)
-    return FittedAlignment(method, _fit_params(method, x_all, y_all, hyper), hyper, fusion, dev_eer)
+    return FittedAlignment(method, fit_params(method, x_all, y_all, hyper), hyper, fusion, dev_eer)
 
 
 def _fit_network(files, speakers, network_config: dict, seed: int) -> FittedAlignment:

@@ -172,7 +172,7 @@ def build_dev_trials(files: Sequence[FileEmbeddings], speakers: set[str]) -> Dev
 
 
 # ----------------------------------------------------------------------------- maps
-def _candidate_params(kind: str, x: np.ndarray, y: np.ndarray, config: AlignmentConfig) -> list[tuple[dict, dict]]:
+def candidate_params(kind: str, x: np.ndarray, y: np.ndarray, config: AlignmentConfig) -> list[tuple[dict, dict]]:
     """[(hyper-parameters, float64 params)] for every setting tried on dev, weakest
     regularisation first."""
     if kind == "ridge":
@@ -184,7 +184,7 @@ def _candidate_params(kind: str, x: np.ndarray, y: np.ndarray, config: Alignment
     raise ValueError(f"no trainer for kind {kind!r}")
 
 
-def _fit_params(kind: str, x: np.ndarray, y: np.ndarray, hyper: dict) -> dict:
+def fit_params(kind: str, x: np.ndarray, y: np.ndarray, hyper: dict) -> dict:
     if kind == "ridge":
         return RidgeSolver(x, y).solve(hyper["relative_alpha"]).params()
     return fit_cca(x, y, hyper["n_components"], hyper["shrinkage"]).params()
@@ -307,7 +307,7 @@ def train_alignment(source: Embedder, target: Embedder, utterances: list[Utteran
     # Choose the regularisation on dev: lowest pooled cross-model EER, then lowest minDCF,
     # then the strongest regularisation (the last tie-break favours the smoother map).
     selection = []
-    for order, (hyper, params) in enumerate(_candidate_params(config.kind, x_fit, y_fit, config)):
+    for order, (hyper, params) in enumerate(candidate_params(config.kind, x_fit, y_fit, config)):
         summary = metrics.verification_summary(*_split_scores(cross_scores(config.kind, params, trials), is_target),
                                                p_target)
         selection.append({**hyper, "cross_eer_percent": summary["eer_percent"], "cross_min_dcf": summary["min_dcf"],
@@ -321,7 +321,7 @@ def train_alignment(source: Embedder, target: Embedder, utterances: list[Utteran
 
     # The shipped map: same settings, every training speaker.
     x_all, y_all = regression_pairs(files, set(fit_speakers) | set(dev_speakers), config.regression_target)
-    params = _fit_params(config.kind, x_all, y_all, hyper)
+    params = fit_params(config.kind, x_all, y_all, hyper)
     finished = time.monotonic()
 
     split = {"fit_speakers": len(fit_speakers), "dev_speakers": len(dev_speakers),

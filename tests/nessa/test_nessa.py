@@ -99,7 +99,8 @@ def test_artifact_round_trip_gives_identical_transforms(tmp_path):
     assert scorer.candidate_threshold(fused=False) == 3.0
     assert scorer.candidate_threshold(fused=False, name="far_1pct") == 2.0
     assert scorer.candidate_threshold() == 4.0 and scorer.candidate_threshold(name="far_1pct") == 2.5
-    assert cal.LogisticCalibration.from_dict(loaded.calibration).raw_threshold() == pytest.approx(0.8)  # 10 * 0.8 - 5 = 3
+    cross = cal.LogisticCalibration.from_dict(loaded.calibration)
+    assert cross.raw_threshold() == pytest.approx(0.8)  # 10 * 0.8 - 5 = 3
 
 
 def test_ridge_artifact_scores_the_predicted_deviation_against_raw_profiles():
