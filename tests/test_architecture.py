@@ -78,6 +78,15 @@ def test_app_layers_import_downwards_only():
     assert offending == []
 
 
+def test_only_the_cli_reaches_the_nessa_lab():
+    """nessa/lab/ (training, evaluation, experiments) serves the `nessa eval`/`nessa align`
+    commands; the serving core, the services and the diarizer never need it."""
+    offending = [f"{_module_name(p)} -> {name}" for p in _python_files(*PACKAGES)
+                 if not _module_name(p).startswith(("nessa.lab", "app.cli"))
+                 for name in _imports(p) if name == "nessa.lab" or name.startswith("nessa.lab.")]
+    assert offending == []
+
+
 def test_shipped_packages_never_import_tools_or_tests():
     offending = {_module_name(p): sorted(n for n in _imports(p) if n.split(".")[0] in (*TOOLS, "tests"))
                  for p in _python_files(*PACKAGES)}
