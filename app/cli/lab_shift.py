@@ -1,0 +1,61 @@
+"""`nessa eval-shift`: the shipped scoring on conditions unlike LibriSpeech (telephone,
+babble, reverberation, Speech Commands words, same-words impostors, other corpora), EER and
+the measured FAR / FRR at the artifact's operating thresholds, per dev / test speaker half."""
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+from app.cli.common import fail
+from app.settings import Settings
+
+
+def register(sub, settings: Settings) -> None:
+    shift = sub.add_parser("eval-shift", help="domain-shift evaluation of an artifact's verify scoring "
+                                              "(EER, FAR / FRR at its thresholds, dev and test halves)")
+    shift.add_argument("--shared-data-dir", default=str(settings.shared_data_dir),
+                       help="the shared speech folder (default: %(default)s)")
+    shift.add_argument("--artifact", default=str(settings.bundled_artifacts_dir / settings.default_alignment),
+                       help="alignment artifact directory (default: the service's default, %(default)s)")
+    shift.add_argument("--only", action="append", default=None,
+                       help="conditions whose name starts with this (repeatable; default: all)")
+    shift.add_argument("--seed", type=int, default=0)
+    shift.add_argument("--cache-dir", default=str(settings.cache_dir / "embeddings"))
+    shift.add_argument("--json", help="write the rows and run info here")
+    shift.add_argument("--markdown", help="write the table here (it is always printed)")
+    shift.add_argument("--quiet", action="store_true", help="no progress bars")
+    shift.set_defaults(func=cmd_eval_shift)
+
+
+def cmd_eval_shift(args, settings: Settings) -> int:
+    from app.model_catalog import load_embedder
+    from nessa.artifact import AlignmentArtifact, ArtifactError
+    from nessa.lab.evaluation.shift_eval import ShiftEmbedder, evaluate_shift, markdown
+    from nessa.lab.evaluation.shift_protocol import build_conditions
+
+    started = time.monotonic()
+    if not pathlib.Path(args.shared_data_dir).is_dir():
+        return fail(f"shared speech folder not found: {args.shared_data_dir}")
+    try:
+        artifact = AlignmentArtifact.load(args.artifact)
+        enroll, runtime = load_embedder(settings.enroll_model), load_embedder(settings.runtime_model)
+        artifact.check_embedders(runtime, enroll)
+        conditions = build_conditions(args.shared_data_dir, args.seed, set(args.only) if args.only else None)
+        embedder = ShiftEmbedder(enroll, runtime, args.cache_dir, progress=not args.quiet)
+        rows, info = evaluate_shift(conditions, artifact, embedder)
+    except (ArtifactError, ValueError, FileNotFoundError) as exc:
+        return fail(str(exc))
+    info |= {"seed": args.seed, "conditions": {c.name: c.description for c in conditions},
+             "seconds": round(time.monotonic() - started, 1)}
+    table = markdown(rows, info)
+    print(table)
+    print(f"({len(conditions)} conditions, {len(embedder.vectors)} items; {info['seconds']:.0f} s)")
+    if args.markdown:
+        pathlib.Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+    if args.json:
+        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(args.json).write_text(json.dumps({"rows": rows, "info": info}, indent=1, default=float) + "\n",
+                                           encoding="utf-8")
+    return 0

@@ -1,0 +1,192 @@
+"""The domain-shift evaluation (``nessa eval-shift``): embed every item of the conditions
+built by ``shift_protocol`` (audio -> channel -> Silero VAD speech only -> both models,
+cached per model and item under the embedding cache), score each condition's trials with an
+artifact exactly as the service's verify does (``artifact.scorer.score_candidates``: the
+fused path for profiles with a runtime vector, the alignment-only path without), and report
+per condition, path and half: EER and the measured false-accept / false-reject rates at the
+artifact's operating thresholds (its stored ``far_0.1pct``, the service's default, and
+``far_1pct``), with the trial counts."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from typing import Callable
+
+import numpy as np
+
+from nessa import metrics
+from nessa.calibration import FAR_TARGETS
+from nessa.lab.data import EmbeddingCache, default_audio_loader
+from nessa.lab.evaluation import shift_channels as channels
+from nessa.lab.evaluation.shift_protocol import HALVES, Item, ShiftCondition
+from nessa.lab.evaluation.systems import mean_vectors
+
+PATHS = ("fused", "alignment")
+#: the thresholds reported: (label, threshold name in the calibration, FAR it targets)
+THRESHOLDS = tuple((name, name, far) for name, far in sorted(FAR_TARGETS.items(), key=lambda kv: kv[1]))
+
+
+class ShiftEmbedder:
+    """Both models' embeddings of ``Item``s, with the speech seconds Silero VAD kept."""
+
+    def __init__(self, enroll_embedder, runtime_embedder, cache_dir, *, progress: bool = True,
+                 load_audio: Callable[[str], np.ndarray] | None = None):
+        if enroll_embedder.sample_rate != runtime_embedder.sample_rate:
+            raise ValueError("the two models disagree on the sample rate")
+        self.models = (enroll_embedder, runtime_embedder)
+        self.caches = [EmbeddingCache(cache_dir, model) for model in self.models]
+        self.progress = progress
+        self._load = load_audio or default_audio_loader()
+        self._raw: dict[str, np.ndarray] = {}
+        self._vad = None
+        self.vectors: dict[Item, tuple[np.ndarray, np.ndarray, float]] = {}
+
+    def raw(self, path: str) -> np.ndarray:
+        if path not in self._raw:
+            self._raw[path] = np.asarray(self._load(path), dtype=np.float32)
+        return self._raw[path]
+
+    def audio(self, item: Item) -> np.ndarray:
+        """The item's audio as the service would receive it (before VAD)."""
+        wav = np.concatenate([self.raw(path) for path in item.sources])
+        spec = json.loads(item.treatment)
+        kind = spec["kind"]
+        if kind == "clean":
+            return wav
+        if kind == "telephone":
+            return channels.telephone(wav)
+        if kind == "babble":
+            return channels.add_babble(wav, [self.raw(p) for p in spec["talkers"]], spec["snr_db"], spec["seed"])
+        if kind == "reverb":
+            return channels.reverberate(wav, channels.synthetic_rir(spec["rt60"], spec["seed"], drr_db=spec["drr_db"]))
+        raise ValueError(f"unknown treatment {kind!r}")
+
+    def _speech(self, item: Item) -> np.ndarray:
+        if self._vad is None:
+            from speechcore.vad import SileroVAD
+
+            self._vad = SileroVAD()
+        wav = self.audio(item)
+        speech = self._vad.speech_only(wav)[0]
+        return speech if len(speech) else wav  # no speech found: keep it all (as nessa eval does)
+
+    def _key(self, cache: EmbeddingCache, item: Item) -> str:
+        files = []
+        for path in item.sources + tuple(json.loads(item.treatment).get("talkers", [])):
+            stat = os.stat(path)
+            files.append([str(pathlib.Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+        model = cache.embedder
+        identity = {"shift_item": 1, "files": files, "treatment": item.treatment, "vad": "silero_speech_only",
+                    "sample_rate": model.sample_rate, "version": model.version,
+                    "weights_sha256": model.weights_sha256}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
+
+    def embed(self, items: list[Item]) -> None:
+        """Embed (or load from the cache) every item not yet in ``vectors``."""
+        from tqdm import tqdm
+
+        for item in tqdm([i for i in items if i not in self.vectors], desc="embedding", unit="item",
+                         disable=not self.progress):
+            found, speech = [], None
+            for model, cache in zip(self.models, self.caches):
+                key = self._key(cache, item)
+                entry = cache.load(key)
+                if entry is None or entry[2].shape != (1, model.dim):
+                    if speech is None:
+                        speech = self._speech(item)
+                    vector = np.asarray(model.embed([speech]), dtype=np.float32)
+                    cache.store(key, len(speech), np.array([[0, len(speech)]], dtype=np.int64), vector)
+                    entry = (len(speech), None, vector)
+                found.append((entry[2][0], entry[0] / model.sample_rate))
+            self.vectors[item] = (found[0][0], found[1][0], found[1][1])
+
+
+def score_condition(artifact, condition: ShiftCondition, vectors: dict) -> dict[str, np.ndarray]:
+    """path -> (n_trials,) LLRs of the condition's trials, scored as verify scores them."""
+    profiles_e = mean_vectors([np.stack([vectors[i][0] for i in items]) for _, items in condition.profiles])
+    profiles_r = mean_vectors([np.stack([vectors[i][1] for i in items]) for _, items in condition.profiles])
+    tests_r = np.stack([vectors[item][1] for _, item in condition.tests])
+    seconds = np.array([vectors[item][2] for _, item in condition.tests])
+    out = {}
+    for path in PATHS:
+        llr, fused = artifact.scorer.score_candidates(tests_r, profiles_e, profiles_r if path == "fused" else None,
+                                                      seconds=seconds)
+        if bool(fused.all()) != (path == "fused"):
+            raise AssertionError(f"scored on the wrong path: expected {path}")
+        out[path] = llr[condition.trials[:, 0], condition.trials[:, 1]]
+    return out
+
+
+def operating_thresholds(artifact, fused: bool) -> dict[str, float]:
+    """threshold name -> LLR threshold (the artifact's stored ones; where one is missing, the
+    Bayes threshold log((1 - p) / p) for a prior p equal to the targeted FAR)."""
+    out = {}
+    for name, _, far in THRESHOLDS:
+        try:
+            out[name] = artifact.scorer.candidate_threshold(fused=fused, name=name)
+        except KeyError:
+            out[f"{name} (Bayes)"] = float(np.log((1.0 - far) / far))
+    return out
+
+
+def figures(targets: np.ndarray, nontargets: np.ndarray, thresholds: dict[str, float]) -> dict:
+    """EER (%), and FAR / FRR (%) at each threshold (accept when llr >= threshold)."""
+    row = {"n_target": int(len(targets)), "n_nontarget": int(len(nontargets)),
+           "eer": 100.0 * metrics.equal_error_rate(targets, nontargets)[0] if len(targets) and len(nontargets)
+           else float("nan")}
+    for name, threshold in thresholds.items():
+        row[f"far@{name}"] = 100.0 * float(np.mean(nontargets >= threshold)) if len(nontargets) else float("nan")
+        row[f"frr@{name}"] = 100.0 * float(np.mean(targets < threshold)) if len(targets) else float("nan")
+        row[f"fa@{name}"] = int(np.sum(nontargets >= threshold))
+    return row
+
+
+def evaluate_shift(conditions: list[ShiftCondition], artifact, embedder: ShiftEmbedder) -> tuple[list[dict], dict]:
+    """(rows: one per condition x path x half, info: speech seconds, thresholds)."""
+    rows, info = [], {"artifact": artifact.name, "artifact_sha256": artifact.sha256, "thresholds": {},
+                      "speech_seconds": {}}
+    for path in PATHS:
+        info["thresholds"][path] = operating_thresholds(artifact, path == "fused")
+    for condition in conditions:
+        embedder.embed(condition.items())
+        llrs = score_condition(artifact, condition, embedder.vectors)
+        test_seconds = [embedder.vectors[item][2] for _, item in condition.tests]
+        profile_seconds = [sum(embedder.vectors[i][2] for i in items) for _, items in condition.profiles]
+        info["speech_seconds"][condition.name] = {
+            "test_median": round(float(np.median(test_seconds)), 2),
+            "profile_median": round(float(np.median(profile_seconds)), 2)}
+        for path in PATHS:
+            for half in HALVES:
+                mask = condition.half == half
+                scores, target = llrs[path][mask], condition.is_target[mask]
+                rows.append({"condition": condition.name, "path": path, "half": half,
+                             **figures(scores[target], scores[~target], info["thresholds"][path])})
+    return rows, info
+
+
+def _cell(value: float) -> str:
+    return "–" if value != value else f"{value:.2f}"
+
+
+def markdown(rows: list[dict], info: dict) -> str:
+    """One table: a row per condition and path, dev and test columns side by side."""
+    names = list(info["thresholds"]["fused"])
+    by_key = {(r["condition"], r["path"], r["half"]): r for r in rows}
+    header = ["condition", "path"]
+    for half in HALVES:
+        header += [f"{half} EER"] + [f"{half} FAR / FRR @{n}" for n in names] + [f"{half} trials (tgt / non)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for condition in dict.fromkeys(r["condition"] for r in rows):
+        for path in PATHS:
+            cells = [condition, path]
+            for half in HALVES:
+                r = by_key[(condition, path, half)]
+                cells.append(_cell(r["eer"]))
+                cells += [f"{_cell(r[f'far@{n}'])} / {_cell(r[f'frr@{n}'])}" for n in names]
+                cells.append(f"{r['n_target']} / {r['n_nontarget']}")
+            lines.append("| " + " | ".join(cells) + " |")
+    thresholds = "; ".join(f"{path}: " + ", ".join(f"{n} = {v:.3f}" for n, v in info["thresholds"][path].items())
+                           for path in PATHS)
+    return "\n".join(lines + ["", f"LLR thresholds ({info['artifact']}): {thresholds}. Rates in %."])
