@@ -43,7 +43,8 @@ def cmd_eval_shift(args, settings: Settings) -> int:
         artifact.check_embedders(runtime, enroll)
         conditions = build_conditions(args.shared_data_dir, args.seed, set(args.only) if args.only else None)
         embedder = ShiftEmbedder(enroll, runtime, args.cache_dir, progress=not args.quiet)
-        rows, info = evaluate_shift(conditions, artifact, embedder)
+        rows, info = evaluate_shift(conditions, artifact, embedder, (settings.min_enroll_speech_seconds,
+                                                                      settings.min_runtime_speech_seconds))
     except (ArtifactError, ValueError, FileNotFoundError) as exc:
         return fail(str(exc))
     info |= {"seed": args.seed, "conditions": {c.name: c.description for c in conditions},

@@ -143,8 +143,11 @@ def figures(targets: np.ndarray, nontargets: np.ndarray, thresholds: dict[str, f
     return row
 
 
-def evaluate_shift(conditions: list[ShiftCondition], artifact, embedder: ShiftEmbedder) -> tuple[list[dict], dict]:
-    """(rows: one per condition x path x half, info: speech seconds, thresholds)."""
+def evaluate_shift(conditions: list[ShiftCondition], artifact, embedder: ShiftEmbedder,
+                   min_seconds: tuple[float, float] = (0.0, 0.0)) -> tuple[list[dict], dict]:
+    """(rows: one per condition x path x half, info: speech seconds, thresholds). Every
+    trial is scored; ``min_seconds`` (enrollment, query) are the service's speech minimums,
+    and info counts the items under them (the service would refuse those requests)."""
     rows, info = [], {"artifact": artifact.name, "artifact_sha256": artifact.sha256, "thresholds": {},
                       "speech_seconds": {}}
     for path in PATHS:
@@ -154,9 +157,13 @@ def evaluate_shift(conditions: list[ShiftCondition], artifact, embedder: ShiftEm
         llrs = score_condition(artifact, condition, embedder.vectors)
         test_seconds = [embedder.vectors[item][2] for _, item in condition.tests]
         profile_seconds = [sum(embedder.vectors[i][2] for i in items) for _, items in condition.profiles]
+        enrolled = {i for _, items in condition.profiles for i in items}
         info["speech_seconds"][condition.name] = {
             "test_median": round(float(np.median(test_seconds)), 2),
-            "profile_median": round(float(np.median(profile_seconds)), 2)}
+            "profile_median": round(float(np.median(profile_seconds)), 2),
+            "tests_under_min": int(sum(s < min_seconds[1] for s in test_seconds)), "tests": len(test_seconds),
+            "enrollments_under_min": int(sum(embedder.vectors[i][2] < min_seconds[0] for i in enrolled)),
+            "enrollments": len(enrolled)}
         for path in PATHS:
             for half in HALVES:
                 mask = condition.half == half
