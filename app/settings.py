@@ -6,6 +6,8 @@ import os
 import pathlib
 from typing import Mapping
 
+from nessa.calibration import threshold_name
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 PREFIX = "NESSA_"
 
@@ -35,6 +37,9 @@ class Settings:
     min_sample_rate: int = 4000
     max_sample_rate: int = 192000
     max_channels: int = 8
+    #: the false-accept rate verify and identify decide at unless a request names another
+    #: (0.01 or 0.001: the operating points every calibration carries a threshold for)
+    far_target: float = 0.001
     min_enroll_speech_seconds: float = 3.0
     min_runtime_speech_seconds: float = 0.5
     retain_enrollment_audio: bool = True
@@ -60,6 +65,12 @@ class Settings:
     job_retention_days: float = 7.0
     gallery_change_retention_days: float = 1.0
     log_level: str = "INFO"
+
+    def __post_init__(self):
+        try:
+            threshold_name(self.far_target)  # a target no calibration has a threshold for
+        except ValueError as exc:
+            raise ValueError(f"{PREFIX}FAR_TARGET: {exc}") from None
 
     @property
     def resolved_database_url(self) -> str:

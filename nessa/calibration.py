@@ -17,6 +17,15 @@ FAR_TARGETS = {"far_1pct": 0.01, "far_0.1pct": 0.001}
 THRESHOLD_NAMES = ("far_1pct", "far_0.1pct", "eer")
 
 
+def threshold_name(far_target: float) -> str:
+    """The name of the stored threshold chosen for a false-accept rate (0.01 -> far_1pct)."""
+    for name, rate in FAR_TARGETS.items():
+        if abs(far_target - rate) <= 1e-9:
+            return name
+    raise ValueError(f"no operating point for a false-accept rate of {far_target}: "
+                     f"one of {sorted(FAR_TARGETS.values(), reverse=True)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class LogisticCalibration:
     features: tuple[str, ...]

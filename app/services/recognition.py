@@ -23,6 +23,7 @@ from app.services.audio_input import prepare_audio
 from app.services.speakers import get_speaker, refuse_unknown_speakers, speaker_names
 from app.store import db, profiles
 from app.store.profiles import StoredProfile
+from nessa.calibration import FAR_TARGETS, threshold_name
 from nessa.scoring import merge_prepared, split_prepared
 
 # Candidates pulled from each index before exact fused re-scoring.
@@ -109,10 +110,30 @@ class PreparedProfiles:
 _PREPARED = PreparedProfiles()
 
 
-def _threshold(artifact, path: str) -> float:
-    """Both paths give calibrated LLRs, each with its own operating threshold (chosen for
-    a target false-accept rate on the artifact's development trials)."""
-    return float(artifact.scorer.candidate_threshold(fused=(path == "fused")))
+def _operating_point(services, far_target: float | None) -> dict:
+    """The false-accept rate a decision is made at (the request's, else the setting's)."""
+    far_target = services.settings.far_target if far_target is None else far_target
+    return {"far_target": far_target, "threshold_name": threshold_name(far_target), "calibration": "shipped"}
+
+
+def calibration_in_force(services) -> dict | None:
+    """The calibration decisions are made with now, where it came from, and its threshold
+    per operating point and scoring path (None while no runtime path is in force)."""
+    try:
+        artifact = services.path().artifact
+    except ApiError:
+        return None
+    scorer = artifact.scorer
+    return {"source": "shipped", "artifact": artifact.name, "far_target": services.settings.far_target,
+            "thresholds": {name: {"fused": float(scorer.candidate_threshold(fused=True, name=name)),
+                                  "alignment": float(scorer.candidate_threshold(fused=False, name=name))}
+                           for name in FAR_TARGETS}}
+
+
+def _threshold(artifact, path: str, operating_point: dict) -> float:
+    """Both paths give calibrated LLRs, each with its own threshold for the operating point
+    (chosen for that false-accept rate on the artifact's development trials)."""
+    return float(artifact.scorer.candidate_threshold(fused=(path == "fused"), name=operating_point["threshold_name"]))
 
 
 def _preselect(gallery, artifact, query_runtime, query_aligned, restrict) -> list[int]:
@@ -130,7 +151,8 @@ def _preselect(gallery, artifact, query_runtime, query_aligned, restrict) -> lis
     return sorted({speaker_id for speaker_id, _ in hits})
 
 
-def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | None = None) -> dict:
+def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | None = None,
+             far_target: float | None = None) -> dict:
     # One database session for the whole request. Profile vectors come from the in-memory
     # index, brought up to date with the change log; no read stays open while the audio
     # is decoded and embedded.
@@ -151,12 +173,14 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
     timings["search"] = (time.perf_counter() - t0) * 1e3
     ranked = sorted(((s, how, i, b) for i, (s, how, b) in scored.items() if i in names), reverse=True)[:top_k]
     best = ranked[0] if ranked else None
-    threshold = _threshold(artifact, best[1] if best else "fused")
+    operating_point = _operating_point(services, far_target)
+    threshold = _threshold(artifact, best[1] if best else "fused", operating_point)
     accepted = best is not None and best[0] >= threshold
     return {
         "speaker": {"id": best[2], "name": names[best[2]]} if accepted else None,
         "score": best[0] if best else None,
         "threshold": threshold,
+        "operating_point": operating_point,
         "scoring": best[1] if best else None,
         "candidates": [{"id": i, "name": names[i], "score": s, "scoring": how, "bridged_profile": b}
                        for s, how, i, b in ranked],
@@ -166,7 +190,7 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
     }
 
 
-def verify(services, data: bytes, *, speaker_id: int) -> dict:
+def verify(services, data: bytes, *, speaker_id: int, far_target: float | None = None) -> dict:
     with services.session() as session:
         get_speaker(session, speaker_id)  # 404 before any work
         db.end_read(session)
@@ -181,8 +205,10 @@ def verify(services, data: bytes, *, speaker_id: int) -> dict:
                        "This speaker has no completed enrollment yet; wait for its enrollment job.",
                        {"speaker_id": speaker_id})
     score, how, bridged = scored[speaker_id]
-    threshold = _threshold(artifact, how)
-    return {"accepted": score >= threshold, "score": score, "threshold": threshold, "scoring": how,
+    operating_point = _operating_point(services, far_target)
+    threshold = _threshold(artifact, how, operating_point)
+    return {"accepted": score >= threshold, "score": score, "threshold": threshold,
+            "operating_point": operating_point, "scoring": how,
             "bridged_profile": bridged,
             "speaker": {"id": speaker_id, "name": name}, "speech_seconds": round(prepared.speech_s, 3),
             "models": path.versions(),

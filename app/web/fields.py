@@ -8,6 +8,7 @@ from typing import Annotated, Any, Callable
 from pydantic import PlainValidator, ValidationInfo, WithJsonSchema
 
 from app.errors import bad_request
+from nessa.calibration import FAR_TARGETS, threshold_name
 from app.web.inputs import MAX_CANDIDATES, MAX_ID, MAX_TEXT, TEXT_PATTERN, as_int, parse_json, text_field
 
 
@@ -65,6 +66,21 @@ def _flag(value, field: str) -> bool:
 
 
 Flag = _declared(bool, _flag, {"type": "boolean"})
+
+
+def _far_target(value, field: str) -> float:
+    try:
+        threshold_name(float(value))
+        return float(value)
+    except (TypeError, ValueError):
+        raise bad_request("invalid_field", f"'{field}' must be one of {_FAR_CHOICES}.", field=field, value=value)
+
+
+_FAR_CHOICES = sorted(FAR_TARGETS.values(), reverse=True)
+#: a false-accept rate the calibrations carry a threshold for
+FarTarget = _declared(float, _far_target, {"type": "number", "enum": _FAR_CHOICES,
+                                           "description": "the false-accept rate to decide at "
+                                                          "(default: the service's NESSA_FAR_TARGET)"})
 
 
 # -- text ----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ bp = Blueprint("recognition", __name__)
 def identify(form: IdentifyForm):
     # identify refuses unknown candidates (404) before it reads the audio, in its one session
     result = recognition.identify(current_app.extensions["nessa"], form.audio.read(), top_k=form.top_k,
-                                  candidates=form.candidates)
+                                  candidates=form.candidates, far_target=form.far_target)
     _observe_embedding(result)
     return jsonify(result)
 
@@ -23,7 +23,8 @@ def identify(form: IdentifyForm):
 @operation(bp, "POST", "/v1/verify", access="identify", form=VerifyForm, errors=("404", "409", "422"),
            replies=Reply(200, Verification), summary="Is this the claimed speaker?")
 def verify(form: VerifyForm):
-    result = recognition.verify(current_app.extensions["nessa"], form.audio.read(), speaker_id=form.speaker_id)
+    result = recognition.verify(current_app.extensions["nessa"], form.audio.read(), speaker_id=form.speaker_id,
+                                far_target=form.far_target)
     _observe_embedding(result)
     return jsonify(result)
 

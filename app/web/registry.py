@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, jsonify
 
 from app.services import registry
 from app.services.model_jobs import submit_evaluation
+from app.services.recognition import calibration_in_force
 from app.services.reembed import start_reembed
 from app.web.auth import current_actor, current_key_id
 from app.web.jobs import job_to_dict
@@ -30,8 +31,10 @@ def _accepted(job):
 @operation(bp, "GET", "/v1/models", access="identify", replies=Reply(200, Registry),
            summary="The runtime path in force, model versions and alignments with their states")
 def list_models():
-    with _services().session() as session:
-        return jsonify(registry.models_overview(session))
+    services = _services()
+    with services.session() as session:
+        overview = registry.models_overview(session)
+    return jsonify({**overview, "calibration": calibration_in_force(services)})
 
 
 @operation(bp, "GET", "/v1/models/history", access="admin", query=HistoryQuery, replies=Reply(200, History),

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validat
 from app.services.keys import MAX_KEY_LIFETIME, SCOPES, expiry_at, expiry_in_days
 from app.errors import bad_request
 from app.store.models import ENROLLMENT_STATUSES, JOB_STATUSES
-from app.web.fields import (AudioFile, Durations, Flag, Integer, Name, NameOr, NonNegative, OptionalName, OptionalText,
+from app.web.fields import (AudioFile, Durations, FarTarget, Flag, Integer, Name, NameOr, NonNegative, OptionalName, OptionalText,
                             RowId, SpeakerIds, StringList, Text, described, integer_schema)
 from app.web.inputs import MAX_ID
 
@@ -59,11 +59,13 @@ class IdentifyForm(Form):
     audio: AudioFile
     top_k: Integer(1, 100) = 5
     candidates: SpeakerIds("restrict to these speaker ids") = None
+    far_target: FarTarget = None
 
 
 class VerifyForm(Form):
     audio: AudioFile
     speaker_id: RowId
+    far_target: FarTarget = None
 
 
 class DiarizeForm(Form):
@@ -260,10 +262,25 @@ class Candidate(Shape):
     bridged_profile: bool
 
 
+class OperatingPoint(Shape):
+    far_target: float = Field(description="the false-accept rate the threshold was chosen for")
+    threshold_name: str
+    calibration: Literal["shipped"] = Field(description="where the calibration came from")
+
+
+class Calibration(Shape):
+    """The calibration in force: where it came from and its LLR thresholds."""
+    source: Literal["shipped"]
+    artifact: str
+    far_target: float = Field(description="the default operating point (NESSA_FAR_TARGET)")
+    thresholds: dict[str, dict[str, float]] = Field(description="operating point -> scoring path -> LLR threshold")
+
+
 class Identification(Shape):
     speaker: Optional[SpeakerRef]
     score: Optional[float] = Field(description="calibrated log-likelihood ratio")
     threshold: float
+    operating_point: OperatingPoint
     scoring: Optional[Literal["fused", "alignment"]]
     candidates: list[Candidate]
     speech_seconds: float
@@ -275,6 +292,7 @@ class Verification(Shape):
     accepted: bool
     score: float = Field(description="calibrated log-likelihood ratio")
     threshold: float
+    operating_point: OperatingPoint
     scoring: str
     bridged_profile: bool
     speaker: SpeakerRef
@@ -370,6 +388,7 @@ class Registry(Shape):
     active: Optional[Deployment]
     models: list[ModelVersion]
     alignments: list[Alignment]
+    calibration: Optional[Calibration] = Field(None, description="GET /v1/models: the calibration in force")
 
 
 class AlignmentList(Shape):

@@ -110,6 +110,35 @@ def test_verify_accepts_the_true_speaker_and_rejects_an_impostor(enrolled_servic
     assert g["threshold"] == pytest.approx(artifact.scorer.candidate_threshold(fused=True))
 
 
+def test_a_request_chooses_its_operating_point(enrolled_service, corpus):
+    """far_target picks the calibration's threshold for that false-accept rate: the same
+    score, decided against the 1% threshold instead of the default 0.1% one; the response
+    and GET /v1/models say which."""
+    harness, ids = enrolled_service
+    utterances, enrolled, _ = corpus
+    claimed = enrolled[0]
+    audio = utterances[claimed][-2]
+    default = harness.upload(audio, "/v1/verify", "identify", speaker_id=str(ids[claimed])).get_json()
+    lenient = harness.upload(audio, "/v1/verify", "identify", speaker_id=str(ids[claimed]),
+                             far_target="0.01").get_json()
+    scorer = harness.services.path().artifact.scorer
+    fused = default["scoring"] == "fused"
+    assert default["operating_point"] == {"far_target": 0.001, "threshold_name": "far_0.1pct",
+                                          "calibration": "shipped"}
+    assert lenient["operating_point"]["far_target"] == 0.01
+    assert lenient["score"] == pytest.approx(default["score"])
+    assert lenient["threshold"] == pytest.approx(scorer.candidate_threshold(fused=fused, name="far_1pct"))
+    assert lenient["threshold"] < default["threshold"]
+    identified = harness.upload(audio, "/v1/identify", "identify", far_target="0.01").get_json()
+    assert identified["operating_point"]["threshold_name"] == "far_1pct"
+    refused = harness.upload(audio, "/v1/verify", "identify", speaker_id=str(ids[claimed]), far_target="0.05")
+    assert refused.status_code == 400 and refused.get_json()["detail"]["field"] == "far_target"
+    calibration = harness.client.get("/v1/models", headers=harness.headers("identify")).get_json()["calibration"]
+    assert calibration["source"] == "shipped" and calibration["far_target"] == 0.001
+    assert calibration["thresholds"]["far_1pct"]["fused"] == pytest.approx(
+        scorer.candidate_threshold(fused=True, name="far_1pct"))
+
+
 def test_candidates_restrict_identification(enrolled_service, corpus):
     harness, ids = enrolled_service
     utterances, enrolled, _ = corpus
