@@ -25,6 +25,12 @@ def register(sub, settings: Settings) -> None:
     shift.add_argument("--json", help="write the rows and run info here")
     shift.add_argument("--markdown", help="write the table here (it is always printed)")
     shift.add_argument("--quiet", action="store_true", help="no progress bars")
+    shift.add_argument("--methods", default=None,
+                       help="compare gallery-aware scoring variants instead (comma-separated, from "
+                            "nessa.lab.evaluation.shift_methods.METHODS, e.g. baseline,gallery-snorm); "
+                            "reports the dev half only unless --halves says otherwise")
+    shift.add_argument("--halves", default="dev", help="with --methods: halves to report (dev, test or "
+                                                       "dev,test; a test look goes in docs/calibration.md's ledger)")
     shift.set_defaults(func=cmd_eval_shift)
 
 
@@ -43,13 +49,33 @@ def cmd_eval_shift(args, settings: Settings) -> int:
         artifact.check_embedders(runtime, enroll)
         conditions = build_conditions(args.shared_data_dir, args.seed, set(args.only) if args.only else None)
         embedder = ShiftEmbedder(enroll, runtime, args.cache_dir, progress=not args.quiet)
+        if args.methods:
+            return _compare_methods(args, conditions, artifact, embedder, started)
         rows, info = evaluate_shift(conditions, artifact, embedder, (settings.min_enroll_speech_seconds,
                                                                       settings.min_runtime_speech_seconds))
     except (ArtifactError, ValueError, FileNotFoundError) as exc:
         return fail(str(exc))
     info |= {"seed": args.seed, "conditions": {c.name: c.description for c in conditions},
              "seconds": round(time.monotonic() - started, 1)}
-    table = markdown(rows, info)
+    _write(args, markdown(rows, info), rows, info, conditions, embedder)
+    return 0
+
+
+def _compare_methods(args, conditions, artifact, embedder, started: float) -> int:
+    from nessa.lab.evaluation.shift_methods import METHODS, evaluate_methods, methods_markdown
+    from nessa.lab.evaluation.shift_protocol import HALVES
+
+    methods, halves = args.methods.split(","), tuple(args.halves.split(","))
+    unknown = [m for m in methods if m not in METHODS] + [h for h in halves if h not in HALVES]
+    if unknown:
+        return fail(f"unknown method or half: {', '.join(unknown)} (methods: {', '.join(METHODS)})")
+    rows, info = evaluate_methods(conditions, artifact, embedder, methods, halves)
+    info |= {"seed": args.seed, "seconds": round(time.monotonic() - started, 1)}
+    _write(args, methods_markdown(rows, info), rows, info, conditions, embedder)
+    return 0
+
+
+def _write(args, table: str, rows: list, info: dict, conditions, embedder) -> None:
     print(table)
     print(f"({len(conditions)} conditions, {len(embedder.vectors)} items; {info['seconds']:.0f} s)")
     if args.markdown:
@@ -59,4 +85,3 @@ def cmd_eval_shift(args, settings: Settings) -> int:
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.json).write_text(json.dumps({"rows": rows, "info": info}, indent=1, default=float) + "\n",
                                            encoding="utf-8")
-    return 0
