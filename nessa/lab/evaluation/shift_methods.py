@@ -26,18 +26,16 @@ queries are only scored.
 """
 from __future__ import annotations
 
-import statistics
-
 import numpy as np
 
 from nessa.calibration import FAR_TARGETS
+from nessa.gallery_calibration import MIN_NONTARGETS, MIN_PROFILES
+from nessa.gallery_calibration import fit_map as fit_gallery_map
 from nessa.lab.evaluation.systems import mean_vectors
 from nessa.snorm import top_k_stats
 
 METHODS = ("baseline", "gallery-snorm", "gallery-snorm-only", "gallery-cal-shift", "gallery-cal-refit",
            "gallery-cal-shift-strict", "gallery-cal-refit-strict")
-#: gallery-aware calibration: the smallest gallery it is fitted on (else the shipped one)
-MIN_PROFILES, MIN_NONTARGETS = 5, 50
 #: gallery-only S-norm: the fewest gallery cohort scores per side (else the stored cohort)
 MIN_COHORT = 3
 #: query-side gallery cohort leaves out the profile of the query's own speaker
@@ -175,21 +173,6 @@ def gallery_nontargets(artifact, condition, vectors, fused: bool, members: np.nd
     llr, _ = artifact.scorer.score_candidates(queries, enroll[members], runtime[members] if fused else None,
                                               seconds=seconds)
     return llr[np.asarray(owner)[:, None] != np.arange(len(members))[None, :]]
-
-
-def fit_gallery_map(nontargets: np.ndarray, thresholds: dict, kind: str) -> tuple[float, float] | None:
-    """(scale, bias) so that ``scale * llr + bias`` puts a Gaussian fitted to the in-domain
-    non-target LLRs at the promised FAR above each stored threshold (``shift``: scale 1,
-    matched at far_1pct; ``refit``: matched at far_1pct and far_0.1pct). None when too few."""
-    if len(nontargets) < MIN_NONTARGETS:
-        return None
-    mean, sd = float(np.mean(nontargets)), float(np.std(nontargets, ddof=1))
-    at = {name: mean + sd * statistics.NormalDist().inv_cdf(1.0 - far) for name, far in FAR_TARGETS.items()}
-    low, high = "far_1pct", "far_0.1pct"
-    if kind == "shift":
-        return 1.0, thresholds[low] - at[low]
-    scale = (thresholds[high] - thresholds[low]) / (at[high] - at[low])
-    return scale, thresholds[low] - scale * at[low]
 
 
 def gallery_calibrated_llr(artifact, condition, vectors, fused: bool, kind: str, strict: bool,
