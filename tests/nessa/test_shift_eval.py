@@ -113,3 +113,102 @@ def test_halves_are_deterministic_and_balanced():
     assert sorted(np.unique(clean.half, return_counts=True)[1].tolist()) == [875, 875]
     extra = protocol.extra_speakers_condition(shared)
     assert {half for half in extra.half} == {"dev", "test"} and extra.is_target.any()
+
+
+# ----------------------------------------------------------------------------- the light model alone, EER ratios
+class _StubEmbedder:
+    """Seeded stand-in vectors (CAM++ 192, GE2E 256, 2.9 s) per item: the scoring is tested, not the models."""
+
+    def __init__(self):
+        self.vectors = {}
+
+    def embed(self, items):
+        for item in items:
+            if item not in self.vectors:
+                rng = np.random.default_rng(protocol._hash_int(*item.sources))
+                name = pathlib.Path(item.sources[0]).parent.name
+                speaker = np.random.default_rng(protocol._hash_int(name))
+                rng_speaker = np.random.default_rng(protocol._hash_int(name, "enroll"))
+                self.vectors[item] = (rng_speaker.normal(size=192) + 0.5 * rng.normal(size=192),
+                                      speaker.normal(size=256) + 0.5 * rng.normal(size=256), 2.9)
+
+
+@pytest.fixture(scope="module")
+def speech_commands_scored():
+    from nessa.artifact import AlignmentArtifact
+    from nessa.lab.evaluation import shift_eval
+
+    shared = requires_shared_data("speech-commands").parent
+    conditions = protocol.speech_commands_conditions(shared, seed=0)
+    artifact = AlignmentArtifact.load(pathlib.Path(shift_eval.__file__).parents[2] / "artifacts"
+                                      / "nessa-twotower-cca-ge2e256-to-campplus192-v3")
+    embedder = _StubEmbedder()
+    rows, info = shift_eval.evaluate_shift(conditions, artifact, embedder)
+    return conditions, artifact, embedder, rows, info
+
+
+def test_runtime_path_is_the_light_model_alone(speech_commands_scored):
+    from nessa.lab.evaluation import shift_eval
+    from nessa.lab.evaluation.systems import mean_vectors
+
+    conditions, artifact, embedder, rows, info = speech_commands_scored
+    assert "runtime" not in shift_eval.PATHS  # shift_methods loops over PATHS with calibrated LLRs
+    same = conditions[1]
+    scores = shift_eval.score_condition(artifact, same, embedder.vectors)
+    profiles_r = mean_vectors([np.stack([embedder.vectors[i][1] for i in items]) for _, items in same.profiles])
+    t, p = same.trials[:, 0], same.trials[:, 1]
+    tests_r = np.stack([embedder.vectors[item][1] for _, item in same.tests])
+    tests_r = tests_r / np.linalg.norm(tests_r, axis=1, keepdims=True)
+    assert np.allclose(scores["runtime-raw"], np.sum(tests_r[t] * profiles_r[p], axis=1), atol=1e-5)
+    # S-normalised against the stored cohort exactly as the fused score's runtime_cosine input
+    profiles_e = mean_vectors([np.stack([embedder.vectors[i][0] for i in items]) for _, items in same.profiles])
+    features = artifact.scorer.candidate_features(tests_r, profiles_e, profiles_r)
+    assert "runtime_cosine" in artifact.scoring["snorm"]["features"]
+    assert np.allclose(scores["runtime"], features["runtime_cosine"][t, p], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(scores["runtime"], scores["runtime-raw"])
+    runtime_rows = [r for r in rows if r["path"] in shift_eval.RUNTIME_PATHS]
+    assert len(runtime_rows) == 2 * 2 * 2  # 2 conditions x 2 paths x 2 halves
+    assert all(not any(k.startswith("far@") for k in r) and r["eer"] == r["eer"] for r in runtime_rows)
+    assert info["thresholds"]["runtime"] == {} and set(info["thresholds"]["fused"]) == {"far_1pct", "far_0.1pct"}
+    table = shift_eval.markdown(rows, info)
+    assert "| same-words | runtime |" in table and "| same-words / speech-commands | fused | dev |" in table
+
+
+def test_eer_ratios(speech_commands_scored):
+    from nessa.lab.evaluation import shift_eval
+
+    _, _, _, rows, info = speech_commands_scored
+    eer = {(r["condition"], r["path"], r["half"]): r["eer"] for r in rows}
+    ratios = {(r["path"], r["half"]): r for r in info["eer_ratios"]}
+    assert set(ratios) == {(p, h) for p in shift_eval.REPORTED_PATHS for h in protocol.HALVES}
+    for (path, half), r in ratios.items():
+        assert r["eer"] == eer[("same-words", path, half)] and r["reference_eer"] == eer[("speech-commands", path, half)]
+        if r["reference_eer"] > 0:
+            assert r["ratio"] == pytest.approx(r["eer"] / r["reference_eer"])
+        assert r["within_bound"] == (r["ratio"] <= 2.0)
+        assert ("fused_no_worse_than_runtime" in r) == (path == "fused")
+    made_up = [{"condition": c, "path": p, "half": "dev", "eer": e} for c, p, e in
+               [("same-words", "fused", 4.0), ("speech-commands", "fused", 1.0), ("same-words", "runtime", 3.0),
+                ("speech-commands", "runtime", 2.0), ("same-words", "alignment", 0.0),
+                ("speech-commands", "alignment", 0.0)]]
+    out = {r["path"]: r for r in shift_eval.eer_ratios(made_up)}
+    assert out["fused"]["ratio"] == 4.0 and not out["fused"]["within_bound"]
+    assert out["fused"]["fused_no_worse_than_runtime"] is False and out["fused"]["runtime_eer"] == 3.0
+    assert out["runtime"]["ratio"] == 1.5 and out["runtime"]["within_bound"]
+    assert out["alignment"]["ratio"] == 1.0
+
+
+def test_same_words_feature_table_matches_the_paths(speech_commands_scored):
+    from nessa.lab.evaluation import same_words_features as study
+
+    conditions, artifact, embedder, rows, _ = speech_commands_scored
+    table = {r["feature"]: r for r in study.feature_table(artifact, {c.name: c for c in conditions},
+                                                          embedder.vectors, "dev")}
+    eer = {(r["condition"], r["path"]): r["eer"] for r in rows if r["half"] == "dev"}
+    assert table["fused LLR"]["eer_same_words"] == pytest.approx(eer[("same-words", "fused")])
+    assert table["alignment LLR"]["eer_other_words"] == pytest.approx(eer[("speech-commands", "alignment")])
+    assert table["runtime_cosine"]["eer_same_words"] == pytest.approx(eer[("same-words", "runtime")])
+    assert table["runtime_cosine (raw)"]["eer_other_words"] == pytest.approx(eer[("speech-commands", "runtime-raw")])
+    weights = study.fusion_weights(artifact)
+    assert set(weights) <= set(table) and table["runtime_cosine"]["fusion_weight"] == weights["runtime_cosine"]
+    assert "| fused LLR | dev |" in study.feature_markdown(list(table.values()))

@@ -5,7 +5,15 @@ artifact exactly as the service's verify does (``artifact.scorer.score_candidate
 fused path for profiles with a runtime vector, the alignment-only path without), and report
 per condition, path and half: EER and the measured false-accept / false-reject rates at the
 artifact's operating thresholds (its stored ``far_0.1pct``, the service's default, and
-``far_1pct``), with the trial counts."""
+``far_1pct``), with the trial counts.
+
+Besides the service's two paths (``PATHS``), the light model alone is reported
+(``RUNTIME_PATHS``): the GE2E cosine of the query against the profile's runtime vector,
+S-normalised against the artifact's stored cohort as its fused score normalises that feature
+(``runtime``), and raw (``runtime-raw``, ``nessa eval``'s ``runtime_sym``). Neither has a
+calibrated LLR (the artifact stores fused and cross-model calibrations only), so those rows
+have an EER and no FAR / FRR. ``eer_ratios`` sets each path's EER on the same-words trials
+against its EER on the different-words trials of the same speakers (issue #12's bound: 2x)."""
 from __future__ import annotations
 
 import hashlib
@@ -24,6 +32,14 @@ from nessa.lab.evaluation.shift_protocol import HALVES, Item, ShiftCondition
 from nessa.lab.evaluation.systems import mean_vectors
 
 PATHS = ("fused", "alignment")
+#: the light model alone (EER only: no calibrated runtime-only LLR exists). Kept out of
+#: ``PATHS``, which ``shift_methods`` loops over with the service's calibrations
+RUNTIME_PATHS = ("runtime", "runtime-raw")
+REPORTED_PATHS = PATHS + RUNTIME_PATHS
+#: (condition, its reference condition): same speakers and genuine trials, other impostors
+EER_RATIOS = (("same-words", "speech-commands"),)
+#: the issue's bound on each ratio
+RATIO_BOUND = 2.0
 #: the thresholds reported: (label, threshold name in the calibration, FAR it targets)
 THRESHOLDS = tuple((name, name, far) for name, far in sorted(FAR_TARGETS.items(), key=lambda kv: kv[1]))
 
@@ -116,7 +132,23 @@ def score_condition(artifact, condition: ShiftCondition, vectors: dict) -> dict[
         if bool(fused.all()) != (path == "fused"):
             raise AssertionError(f"scored on the wrong path: expected {path}")
         out[path] = llr[condition.trials[:, 0], condition.trials[:, 1]]
+    out.update(runtime_scores(artifact, condition, tests_r, profiles_e, profiles_r))
     return out
+
+
+def runtime_scores(artifact, condition: ShiftCondition, tests_r: np.ndarray, profiles_e: np.ndarray,
+                   profiles_r: np.ndarray) -> dict[str, np.ndarray]:
+    """The light model alone per trial: ``runtime`` = the GE2E cosine S-normalised as the
+    artifact's fused score normalises it (raw where the artifact does not), ``runtime-raw``."""
+    rows, cols = condition.trials[:, 0], condition.trials[:, 1]
+    features = artifact.scorer.candidate_features(tests_r, profiles_e, profiles_r)
+    raw = unit_rows(tests_r) @ unit_rows(profiles_r).T
+    return {"runtime": features["runtime_cosine"][rows, cols], "runtime-raw": raw[rows, cols]}
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def operating_thresholds(artifact, fused: bool) -> dict[str, float]:
@@ -152,6 +184,8 @@ def evaluate_shift(conditions: list[ShiftCondition], artifact, embedder: ShiftEm
                       "speech_seconds": {}}
     for path in PATHS:
         info["thresholds"][path] = operating_thresholds(artifact, path == "fused")
+    for path in RUNTIME_PATHS:
+        info["thresholds"][path] = {}  # no calibrated runtime-only LLR: EER only
     for condition in conditions:
         embedder.embed(condition.items())
         llrs = score_condition(artifact, condition, embedder.vectors)
@@ -164,13 +198,37 @@ def evaluate_shift(conditions: list[ShiftCondition], artifact, embedder: ShiftEm
             "tests_under_min": int(sum(s < min_seconds[1] for s in test_seconds)), "tests": len(test_seconds),
             "enrollments_under_min": int(sum(embedder.vectors[i][2] < min_seconds[0] for i in enrolled)),
             "enrollments": len(enrolled)}
-        for path in PATHS:
+        for path in REPORTED_PATHS:
             for half in HALVES:
                 mask = condition.half == half
                 scores, target = llrs[path][mask], condition.is_target[mask]
                 rows.append({"condition": condition.name, "path": path, "half": half,
                              **figures(scores[target], scores[~target], info["thresholds"][path])})
+    info["eer_ratios"] = eer_ratios(rows)
     return rows, info
+
+
+def eer_ratios(rows: list[dict]) -> list[dict]:
+    """Per ``EER_RATIOS`` pair, path and half present in ``rows``: both EERs, their ratio, whether
+    it is within ``RATIO_BOUND``, and (fused rows) whether fused is no worse than ``runtime``."""
+    by_key = {(r["condition"], r["path"], r["half"]): r["eer"] for r in rows}
+    out = []
+    for condition, reference in EER_RATIOS:
+        for path, half in dict.fromkeys((r["path"], r["half"]) for r in rows if r["condition"] == condition):
+            if (reference, path, half) not in by_key:
+                continue
+            eer, ref = by_key[(condition, path, half)], by_key[(reference, path, half)]
+            ratio = eer / ref if ref > 0 else (1.0 if eer == 0 else float("inf"))
+            row = {"condition": condition, "reference": reference, "path": path, "half": half, "eer": eer,
+                   "reference_eer": ref, "ratio": ratio, "within_bound": bool(ratio <= RATIO_BOUND)}
+            if path == "fused" and (condition, "runtime", half) in by_key:
+                row["runtime_eer"] = by_key[(condition, "runtime", half)]
+                row["fused_no_worse_than_runtime"] = bool(eer <= row["runtime_eer"])
+            out.append(row)
+    return out
+
+
+_NAN = float("nan")
 
 
 def _cell(value: float) -> str:
@@ -178,22 +236,41 @@ def _cell(value: float) -> str:
 
 
 def markdown(rows: list[dict], info: dict) -> str:
-    """One table: a row per condition and path, dev and test columns side by side."""
+    """One table: a row per condition and path, dev and test columns side by side; then the
+    EER ratios."""
     names = list(info["thresholds"]["fused"])
     by_key = {(r["condition"], r["path"], r["half"]): r for r in rows}
     header = ["condition", "path"]
     for half in HALVES:
         header += [f"{half} EER"] + [f"{half} FAR / FRR @{n}" for n in names] + [f"{half} trials (tgt / non)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    paths = [p for p in REPORTED_PATHS if any(r["path"] == p for r in rows)]
     for condition in dict.fromkeys(r["condition"] for r in rows):
-        for path in PATHS:
+        for path in paths:
             cells = [condition, path]
             for half in HALVES:
                 r = by_key[(condition, path, half)]
                 cells.append(_cell(r["eer"]))
-                cells += [f"{_cell(r[f'far@{n}'])} / {_cell(r[f'frr@{n}'])}" for n in names]
+                cells += [f"{_cell(r.get(f'far@{n}', _NAN))} / {_cell(r.get(f'frr@{n}', _NAN))}" for n in names]
                 cells.append(f"{r['n_target']} / {r['n_nontarget']}")
             lines.append("| " + " | ".join(cells) + " |")
     thresholds = "; ".join(f"{path}: " + ", ".join(f"{n} = {v:.3f}" for n, v in info["thresholds"][path].items())
                            for path in PATHS)
-    return "\n".join(lines + ["", f"LLR thresholds ({info['artifact']}): {thresholds}. Rates in %."])
+    notes = ["", f"LLR thresholds ({info['artifact']}): {thresholds}. Rates in %. runtime / runtime-raw: the light "
+             "model alone (GE2E cosine, S-normalised / raw); no calibrated LLR, so no FAR / FRR."]
+    return "\n".join(lines + notes + ratio_markdown(info.get("eer_ratios") or eer_ratios(rows)))
+
+
+def ratio_markdown(ratios: list[dict]) -> list[str]:
+    """The EER-ratio table's lines (empty without ratios)."""
+    if not ratios:
+        return []
+    lines = ["", f"| condition / reference | path | half | EER | reference EER | ratio (bound {RATIO_BOUND:g}x) "
+                 "| fused <= runtime |", "|---|---|---|---|---|---|---|"]
+    for r in ratios:
+        check = "" if "runtime_eer" not in r else (
+            f"{'yes' if r['fused_no_worse_than_runtime'] else 'NO'} ({_cell(r['runtime_eer'])})")
+        lines.append(f"| {r['condition']} / {r['reference']} | {r['path']} | {r['half']} | {_cell(r['eer'])} | "
+                     f"{_cell(r['reference_eer'])} | {r['ratio']:.2f}{'' if r['within_bound'] else ' (over)'} | "
+                     f"{check} |")
+    return lines
