@@ -27,7 +27,33 @@ from speechcore.embedder import installed_package_file
 
 VAD_SAMPLE_RATE = 16000
 _WINDOW_SAMPLES = 512
+#: level normalisation before the model: quiet narrowband speech (a telephone digit at
+#: -48 dBFS RMS) scores under 0.5 although the same audio scores ~1.0 once louder
+#: (docs/vad.md). The level is the LEVEL_PERCENTILE-th percentile of the 32 ms window RMS
+#: (the loud, speech-bearing part, not the whole file's RMS that pauses pull down); audio is
+#: only ever boosted, up to TARGET_LEVEL_DBFS and by at most MAX_GAIN_DB, and audio whose
+#: level is under FLOOR_LEVEL_DBFS (digital silence, dither) is left alone.
+TARGET_LEVEL_DBFS = -25.0
+MAX_GAIN_DB = 30.0
+FLOOR_LEVEL_DBFS = -90.0
+LEVEL_PERCENTILE = 95.0
 _per_thread = threading.local()
+
+
+def level_gain(wav16k: np.ndarray, target_dbfs: float = TARGET_LEVEL_DBFS,
+               max_gain_db: float = MAX_GAIN_DB) -> float:
+    """The linear gain that level normalisation applies to ``wav16k`` (>= 1)."""
+    wav16k = np.asarray(wav16k, dtype=np.float64)
+    windows = wav16k[:len(wav16k) // _WINDOW_SAMPLES * _WINDOW_SAMPLES].reshape(-1, _WINDOW_SAMPLES)
+    if windows.size == 0:
+        windows = wav16k.reshape(1, -1)
+    if windows.size == 0:
+        return 1.0
+    level = float(np.percentile(np.sqrt(np.mean(windows ** 2, axis=1)), LEVEL_PERCENTILE))
+    if level <= 10.0 ** (FLOOR_LEVEL_DBFS / 20.0):
+        return 1.0
+    gain_db = float(np.clip(target_dbfs - 20.0 * np.log10(level), 0.0, max_gain_db))
+    return 10.0 ** (gain_db / 20.0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,8 +97,11 @@ class SileroVAD:
     process; each thread runs its own copy, so any number of threads may call at once."""
 
     def __init__(self, threshold: float = 0.5, min_speech_duration_ms: int = 250,
-                 min_silence_duration_ms: int = 100, speech_pad_ms: int = 30):
+                 min_silence_duration_ms: int = 100, speech_pad_ms: int = 30,
+                 neg_threshold: float | None = None, normalise_level: bool = False):
         self.threshold = threshold
+        self.neg_threshold = neg_threshold  # None: silero's own, threshold - 0.15
+        self.normalise_level = normalise_level
         self.min_speech_duration_ms = min_speech_duration_ms
         self.min_silence_duration_ms = min_silence_duration_ms
         self.speech_pad_ms = speech_pad_ms
@@ -115,9 +144,23 @@ class SileroVAD:
         wav16k = resample(wav, sample_rate, VAD_SAMPLE_RATE)
         if wav16k.size == 0:
             return []
+        return self.spans_from_probabilities(self.model_input_probabilities(wav16k), len(wav16k))
+
+    def model_input_probabilities(self, wav16k: np.ndarray) -> np.ndarray:
+        """Speech probabilities of a 16 kHz waveform after this detector's front end (level
+        normalisation when enabled); what ``segments`` thresholds."""
+        if self.normalise_level:
+            wav16k = np.asarray(wav16k, dtype=np.float32) * np.float32(level_gain(wav16k))
+        return self.speech_probabilities(wav16k)
+
+    def spans_from_probabilities(self, probabilities: np.ndarray, n_samples: int
+                                 ) -> list[tuple[int, int]]:
+        """(start, end) 16 kHz sample indices of the speech segments that silero's
+        ``get_speech_timestamps_from_probs`` finds in ``probabilities`` with these settings."""
         stamps = _timestamps_from_probs()(
-            self.speech_probabilities(wav16k).tolist(), sampling_rate=VAD_SAMPLE_RATE,
-            threshold=self.threshold, min_speech_duration_ms=self.min_speech_duration_ms,
+            np.asarray(probabilities).tolist(), sampling_rate=VAD_SAMPLE_RATE,
+            threshold=self.threshold, neg_threshold=self.neg_threshold,
+            min_speech_duration_ms=self.min_speech_duration_ms,
             min_silence_duration_ms=self.min_silence_duration_ms,
-            speech_pad_ms=self.speech_pad_ms, audio_length_samples=len(wav16k))
+            speech_pad_ms=self.speech_pad_ms, audio_length_samples=n_samples)
         return [(int(stamp["start"]), int(stamp["end"])) for stamp in stamps]

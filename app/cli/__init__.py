@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from app.cli import db, diarize, keys, lab, lab_eval, lab_shift, models, serve
+from app.cli import db, diarize, keys, lab, lab_eval, lab_shift, lab_vad, models, serve
 from app.cli.common import fail
 from app.errors import ApiError
 from app.settings import Settings
 
-COMMAND_GROUPS = (serve, db, keys, lab_eval, lab_shift, lab, diarize, models)
+COMMAND_GROUPS = (serve, db, keys, lab_eval, lab_shift, lab_vad, lab, diarize, models)
 
 
 def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
