@@ -31,6 +31,9 @@ def register(sub, settings: Settings) -> None:
                             "reports the dev half only unless --halves says otherwise")
     shift.add_argument("--halves", default="dev", help="with --methods: halves to report (dev, test or "
                                                        "dev,test; a test look goes in docs/calibration.md's ledger)")
+    shift.add_argument("--quality-report", action="store_true",
+                       help="instead: how the shipped LLRs move with query quality (percentile SNR, band "
+                            "limitation, speech seconds) on the first of --halves (shift_quality_report)")
     shift.set_defaults(func=cmd_eval_shift)
 
 
@@ -49,8 +52,10 @@ def cmd_eval_shift(args, settings: Settings) -> int:
         artifact.check_embedders(runtime, enroll)
         conditions = build_conditions(args.shared_data_dir, args.seed, set(args.only) if args.only else None)
         embedder = ShiftEmbedder(enroll, runtime, args.cache_dir, progress=not args.quiet)
+        if args.quality_report:
+            return _quality_report(args, conditions, artifact, embedder, started)
         if args.methods:
-            return _compare_methods(args, conditions, artifact, embedder, started)
+            return _compare_methods(args, conditions, artifact, (enroll, runtime), embedder, started)
         rows, info = evaluate_shift(conditions, artifact, embedder, (settings.min_enroll_speech_seconds,
                                                                       settings.min_runtime_speech_seconds))
     except (ArtifactError, ValueError, FileNotFoundError) as exc:
@@ -61,18 +66,62 @@ def cmd_eval_shift(args, settings: Settings) -> int:
     return 0
 
 
-def _compare_methods(args, conditions, artifact, embedder, started: float) -> int:
-    from nessa.lab.evaluation.shift_methods import METHODS, evaluate_methods, methods_markdown
+def _compare_methods(args, conditions, artifact, models, embedder, started: float) -> int:
+    from nessa.lab.evaluation import shift_quality, shift_suspect
+    from nessa.lab.evaluation.shift_methods import METHODS, evaluate_methods, is_method, methods_markdown
     from nessa.lab.evaluation.shift_protocol import HALVES
 
-    methods, halves = args.methods.split(","), tuple(args.halves.split(","))
-    unknown = [m for m in methods if m not in METHODS] + [h for h in halves if h not in HALVES]
+    methods, halves = _expand(args.methods.split(",")), tuple(args.halves.split(","))
+    unknown = [m for m in methods if not is_method(m)] + [h for h in halves if h not in HALVES]
     if unknown:
-        return fail(f"unknown method or half: {', '.join(unknown)} (methods: {', '.join(METHODS)})")
-    rows, info = evaluate_methods(conditions, artifact, embedder, methods, halves)
+        return fail(f"unknown method or half: {', '.join(unknown)} (methods: {', '.join(METHODS)}, "
+                    f"{', '.join(shift_quality.METHOD_NAMES)}, suspect-<closed|open>-m<margin> or -t)")
+    context = None
+    if any(shift_quality.parse_method(m) for m in methods):
+        context = _quality_context(args, conditions, artifact, models, embedder)
+    rows, info = evaluate_methods(conditions, artifact, embedder, methods, halves, context)
     info |= {"seed": args.seed, "seconds": round(time.monotonic() - started, 1)}
-    _write(args, methods_markdown(rows, info), rows, info, conditions, embedder)
+    if context:
+        info["quality_maps"] = {" | ".join(map(str, key)): maps for key, maps in context["maps"].items()}
+    table = methods_markdown([r for r in rows if not r["method"].startswith("suspect-")], info)
+    if any(m.startswith("suspect-") for m in methods):
+        table += "\n\n" + shift_suspect.suspect_markdown(rows, info["thresholds"]["fused"])
+    _write(args, table, rows, info, conditions, embedder)
     return 0
+
+
+def _quality_report(args, conditions, artifact, embedder, started: float) -> int:
+    import pathlib as _pathlib
+
+    from nessa.lab.evaluation.shift_eval import operating_thresholds
+    from nessa.lab.evaluation.shift_quality_report import quality_markdown, quality_rows
+    from nessa.lab.evaluation.shift_quality_train import item_quality
+
+    half = args.halves.split(",")[0]
+    items = list(dict.fromkeys(i for c in conditions for i in c.items()))
+    embedder.embed(items)
+    quality_of = item_quality(items, embedder, _pathlib.Path(args.cache_dir).parent / "quality-suspect" / "quality")
+    thresholds = {path: operating_thresholds(artifact, path == "fused") for path in ("fused", "alignment")}
+    per_condition, per_bin = quality_rows(conditions, artifact, embedder.vectors, quality_of, thresholds, half)
+    info = {"artifact": artifact.name, "half": half, "thresholds": thresholds,
+            "seconds": round(time.monotonic() - started, 1)}
+    table = quality_markdown(per_condition, per_bin, list(thresholds["fused"]))
+    _write(args, table, {"per_condition": per_condition, "per_bin": per_bin}, info, conditions, embedder)
+    return 0
+
+
+def _expand(methods: list[str]) -> list[str]:
+    """``suspect-dev`` stands for every suspect rule tried on dev."""
+    from nessa.lab.evaluation.shift_suspect import rule_names
+
+    return [name for m in methods for name in (rule_names() if m == "suspect-dev" else [m])]
+
+
+def _quality_context(args, conditions, artifact, models, embedder) -> dict:
+    from nessa.lab.evaluation.shift_quality_train import method_context
+
+    return method_context(artifact, models[0], models[1], args.shared_data_dir, args.cache_dir, conditions,
+                          embedder, args.seed, progress=not args.quiet)
 
 
 def _write(args, table: str, rows: list, info: dict, conditions, embedder) -> None:

@@ -31,6 +31,8 @@ import numpy as np
 from nessa.calibration import FAR_TARGETS
 from nessa.gallery_calibration import MIN_NONTARGETS, MIN_PROFILES
 from nessa.gallery_calibration import fit_map as fit_gallery_map
+from nessa.lab.evaluation import shift_quality as quality
+from nessa.lab.evaluation import shift_suspect as suspect_rules
 from nessa.lab.evaluation.systems import mean_vectors
 from nessa.snorm import top_k_stats
 
@@ -150,13 +152,18 @@ def _cohort_stats(sides: dict, name: str, mode: str, fused: bool, top_k: int):
     return q_stats, _stats_masked(p_gal, off_diagonal, top_k)
 
 
-def stored_snorm_llr(artifact, condition, vectors, fused: bool) -> np.ndarray:
-    """Per-trial LLRs as the service scores them (the baseline)."""
+def full_llr(artifact, condition, vectors, fused: bool) -> np.ndarray:
+    """(tests, profiles) LLRs of every query against every profile, as the service scores them."""
     enroll, runtime = profile_vectors(condition, vectors)
     tests_r = np.stack([vectors[item][1] for _, item in condition.tests])
     seconds = np.array([vectors[item][2] for _, item in condition.tests])
     llr, _ = artifact.scorer.score_candidates(tests_r, enroll, runtime if fused else None, seconds=seconds)
-    return llr[condition.trials[:, 0], condition.trials[:, 1]]
+    return llr
+
+
+def stored_snorm_llr(artifact, condition, vectors, fused: bool) -> np.ndarray:
+    """Per-trial LLRs as the service scores them (the baseline)."""
+    return full_llr(artifact, condition, vectors, fused)[condition.trials[:, 0], condition.trials[:, 1]]
 
 
 # ----------------------------------------------------------------------------- (b) gallery calibration
@@ -213,9 +220,38 @@ def method_llr(method: str, artifact, condition, vectors, fused: bool, fits: lis
     raise ValueError(f"unknown method {method!r}: one of {METHODS}")
 
 
+# ----------------------------------------------------------------------------- the suspect-claim rule
+def suspect_rows(method: str, artifact, condition, vectors, fused: bool, thresholds: dict, halves) -> list[dict]:
+    """Figures of a ``suspect-...`` rule (``shift_suspect``) on the shipped LLRs, per half."""
+    closed, margin = suspect_rules.parse_rule(method)
+    llr_full = full_llr(artifact, condition, vectors, fused)
+    trials = condition.trials
+    galleries = gallery_ids(condition)
+    profile_speakers = np.array([s for s, _ in condition.profiles])
+    test_speakers = np.array([s for s, _ in condition.tests])
+    other = suspect_rules.other_max(llr_full, trials, galleries, profile_speakers, test_speakers, closed)
+    own = suspect_rules.own_enrolled(trials, galleries, profile_speakers, test_speakers)
+    llr = llr_full[trials[:, 0], trials[:, 1]]
+    rows = []
+    for half in halves:
+        mask = condition.half == half
+        row = suspect_rules.suspect_figures(llr[mask], other[mask], condition.is_target[mask], thresholds, margin)
+        row["own_enrolled"] = int((own[mask] & ~condition.is_target[mask]).sum()) if closed else 0
+        rows.append({"condition": condition.name, "path": "fused" if fused else "alignment", "method": method,
+                     "half": half, **row})
+    return rows
+
+
+def is_method(method: str) -> bool:
+    """A name ``evaluate_methods`` knows: one of ``METHODS``, a ``suspect-...`` rule, a ``quality-...`` map."""
+    return method in METHODS or suspect_rules.parse_rule(method) is not None or quality.parse_method(method) is not None
+
+
 # ----------------------------------------------------------------------------- the comparison
-def evaluate_methods(conditions, artifact, embedder, methods, halves=("dev",)) -> tuple[list[dict], dict]:
-    """(rows: one per condition x path x method x half, info: thresholds, gallery fits)."""
+def evaluate_methods(conditions, artifact, embedder, methods, halves=("dev",), context: dict | None = None
+                     ) -> tuple[list[dict], dict]:
+    """(rows: one per condition x path x method x half, info: thresholds, gallery fits).
+    ``context``: what the quality maps need (``shift_quality_train.method_context``)."""
     from nessa.lab.evaluation.shift_eval import PATHS, figures, operating_thresholds
 
     info = {"artifact": artifact.name, "thresholds": {}, "halves": list(halves), "methods": list(methods),
@@ -227,8 +263,16 @@ def evaluate_methods(conditions, artifact, embedder, methods, halves=("dev",)) -
         embedder.embed(condition.items())
         for path in PATHS:
             for method in methods:
+                if suspect_rules.parse_rule(method) is not None:
+                    rows += suspect_rows(method, artifact, condition, embedder.vectors, path == "fused",
+                                         info["thresholds"][path], halves)
+                    continue
                 fits: list = []
-                llr = method_llr(method, artifact, condition, embedder.vectors, path == "fused", fits)
+                if quality.parse_method(method) is not None:
+                    base = stored_snorm_llr(artifact, condition, embedder.vectors, path == "fused")
+                    llr = quality.adjust(method, base, condition, embedder.vectors, path == "fused", context or {})
+                else:
+                    llr = method_llr(method, artifact, condition, embedder.vectors, path == "fused", fits)
                 if fits:
                     info["fits"][f"{condition.name} | {path} | {method}"] = fits
                 for half in halves:
