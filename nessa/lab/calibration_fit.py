@@ -18,11 +18,13 @@ from nessa.calibration import FAR_TARGETS, LogisticCalibration
 
 def fit_logistic_calibration(target_features: np.ndarray, nontarget_features: np.ndarray,
                              feature_names: tuple[str, ...], *, prior: float = 0.5,
-                             l2: float = 1e-4) -> LogisticCalibration:
+                             l2: float = 1e-4, target_weights=None, nontarget_weights=None) -> LogisticCalibration:
     """Fit ``llr = w . f + b`` on target / non-target trials (rows are trials, columns features).
 
     The small L2 penalty on ``w`` keeps the weights finite when the classes separate
     perfectly (a separable training set would otherwise push them to infinity).
+    ``target_weights`` / ``nontarget_weights``: optional per-trial weights within each class
+    (normalised to the class; default equal), e.g. to give a rare kind of trial more say.
     """
     targets = np.asarray(target_features, dtype=np.float64).reshape(len(target_features), -1)
     nontargets = np.asarray(nontarget_features, dtype=np.float64).reshape(len(nontarget_features), -1)
@@ -36,15 +38,16 @@ def fit_logistic_calibration(target_features: np.ndarray, nontarget_features: np
     pooled = np.concatenate([targets, nontargets])
     centre, scale = pooled.mean(axis=0), np.maximum(pooled.std(axis=0), 1e-12)
     zt, zn = (targets - centre) / scale, (nontargets - centre) / scale
+    at, an = _class_weights(target_weights, len(zt)), _class_weights(nontarget_weights, len(zn))
 
     def objective(params):
         w, b = params[:-1], params[-1]
         logit_t = zt @ w + b + prior_logit
         logit_n = zn @ w + b + prior_logit
         # Cross-entropy weighted so that each class carries its prior, whatever its count.
-        loss = -prior * np.mean(log_expit(logit_t)) - (1 - prior) * np.mean(log_expit(-logit_n))
-        grad_t = -prior * (1.0 - expit(logit_t)) / len(zt)
-        grad_n = (1 - prior) * expit(logit_n) / len(zn)
+        loss = -prior * float(at @ log_expit(logit_t)) - (1 - prior) * float(an @ log_expit(-logit_n))
+        grad_t = -prior * (1.0 - expit(logit_t)) * at
+        grad_n = (1 - prior) * expit(logit_n) * an
         grad_w = zt.T @ grad_t + zn.T @ grad_n + 2 * l2 * w
         grad_b = grad_t.sum() + grad_n.sum()
         return loss + l2 * float(w @ w), np.concatenate([grad_w, [grad_b]])
@@ -56,6 +59,16 @@ def fit_logistic_calibration(target_features: np.ndarray, nontarget_features: np
     bias = b_std - float(centre @ weights)
     return LogisticCalibration(features=tuple(feature_names), weights=tuple(float(w) for w in weights),
                                bias=float(bias), training_prior=prior)
+
+
+def _class_weights(weights, n: int) -> np.ndarray:
+    """Per-trial weights of one class summing to 1 (equal when ``weights`` is None)."""
+    if weights is None:
+        return np.full(n, 1.0 / n)
+    weights = np.asarray(weights, dtype=np.float64).ravel()
+    if weights.shape != (n,) or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError("trial weights must be one non-negative value per trial, not all zero")
+    return weights / weights.sum()
 
 
 def far_threshold(nontarget_scores, far: float) -> float:
