@@ -73,5 +73,5 @@ def cmd_eval_vad(args, settings: Settings) -> int:
     if args.json:
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         payload = {"speech": speech_rows, "noise": noise_rows, "records": records + noise_records, "info": info}
-        pathlib.Path(args.json).write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
+        pathlib.Path(args.json).write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
     return 0

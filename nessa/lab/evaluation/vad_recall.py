@@ -29,7 +29,7 @@ from nessa.lab.evaluation import shift_channels as channels
 from nessa.lab.evaluation.shift_protocol import HALVES, rng_for, speech_commands_clips, split_halves
 from speechcore.audio import load_audio_file
 from speechcore.resampling import resample
-from speechcore.vad import VAD_SAMPLE_RATE, SileroVAD
+from speechcore.vad import VAD_SAMPLE_RATE, LevelNormalisation, SileroVAD
 
 SR = VAD_SAMPLE_RATE
 FRAME_S = 0.01
@@ -41,13 +41,15 @@ NOISE_LEVELS_DBFS = (-70.0, -50.0, -30.0)
 #: meeting gaps: no reference turn within GAP_TRIM_S of them, at least MIN_GAP_S long
 GAP_TRIM_S, MIN_GAP_S = 0.25, 1.0
 #: the detector before the fix; its clean-audio segments are the reference
-BASELINE = {"threshold": 0.5, "normalise_level": False}
+BASELINE = {"threshold": 0.5, "level": None}
 VARIANTS: dict[str, dict] = {
     "baseline": BASELINE,
-    "thr-0.35": {"threshold": 0.35, "normalise_level": False},
-    "thr-0.25": {"threshold": 0.25, "normalise_level": False},
-    "norm": {"threshold": 0.5, "normalise_level": True},
-    "norm-thr-0.35": {"threshold": 0.35, "normalise_level": True},
+    "thr-0.35": {"threshold": 0.35, "level": None},
+    "thr-0.25": {"threshold": 0.25, "level": None},
+    "norm-nofloor": {"threshold": 0.5, "level": LevelNormalisation(floor_dbfs=-90.0)},
+    "norm": {"threshold": 0.5, "level": LevelNormalisation()},
+    "norm-thr-0.35": {"threshold": 0.35, "level": LevelNormalisation()},
+    "norm-thr-0.25": {"threshold": 0.25, "level": LevelNormalisation()},
     "shipped": {},  # SileroVAD() as the service constructs it
 }
 
@@ -214,9 +216,9 @@ def masks_by_variant(wav: np.ndarray, sample_rate: int, found_by: dict[str, Sile
     wav16k = resample(wav, sample_rate, SR)
     probabilities, masks = {}, {}
     for name, vad in found_by.items():
-        if vad.normalise_level not in probabilities:
-            probabilities[vad.normalise_level] = vad.model_input_probabilities(wav16k)
-        spans = vad.spans_from_probabilities(probabilities[vad.normalise_level], len(wav16k))
+        if vad.level not in probabilities:
+            probabilities[vad.level] = vad.model_input_probabilities(wav16k)
+        spans = vad.spans_from_probabilities(probabilities[vad.level], len(wav16k))
         masks[name] = frame_mask(spans, n_samples)
     return masks
 
