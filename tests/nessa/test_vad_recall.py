@@ -11,7 +11,7 @@ from speechcore.audio import load_audio_file
 from speechcore.vad import SileroVAD
 from tests.conftest import requires_shared_data
 
-pytestmark = [pytest.mark.usefixtures("single_torch_thread")]
+pytestmark = [pytest.mark.models_only, pytest.mark.usefixtures("single_torch_thread")]
 
 #: AudioMNIST digits (one speaker each, recorded at -45 to -59 dBFS RMS)
 DIGITS = (("audiomnist-01", "0_01_0.wav"), ("audiomnist-02", "5_02_10.wav"), ("audiomnist-51", "3_51_37.wav"))
