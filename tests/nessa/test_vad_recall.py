@@ -105,3 +105,13 @@ def test_measure_scores_the_reference_against_itself():
     assert rows[("telephone", "baseline")]["found_s"] == 0.0
     assert rows[("telephone", "shipped")]["recall"] > 0.7
     assert vr.measure([digit], conds, variants, {("extra-speakers", "audiomnist-01"): "test"}, ("dev",)) == []
+
+
+def test_the_command_refuses_unknown_variants_and_missing_data(tmp_path, capsys):
+    from app.cli import main
+
+    assert main(["eval-vad", "--variants", "baseline,louder", "--shared-data-dir", str(tmp_path)]) == 2
+    assert "unknown variant or half: louder" in capsys.readouterr().err
+    assert main(["eval-vad", "--halves", "train", "--shared-data-dir", str(tmp_path)]) == 2
+    assert main(["eval-vad", "--shared-data-dir", str(tmp_path / "absent")]) == 2
+    assert "shared speech folder not found" in capsys.readouterr().err
