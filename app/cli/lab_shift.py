@@ -68,7 +68,7 @@ def cmd_eval_shift(args, settings: Settings) -> int:
 
 def _compare_methods(args, conditions, artifact, models, embedder, started: float) -> int:
     from nessa.lab.evaluation import shift_quality, shift_suspect
-    from nessa.lab.evaluation.shift_methods import METHODS, evaluate_methods, is_method, methods_markdown
+    from nessa.lab.evaluation.shift_methods import METHODS, bars_summary, evaluate_methods, is_method, methods_markdown
     from nessa.lab.evaluation.shift_protocol import HALVES
 
     methods, halves = _expand(args.methods.split(",")), tuple(args.halves.split(","))
@@ -86,6 +86,7 @@ def _compare_methods(args, conditions, artifact, models, embedder, started: floa
     table = methods_markdown([r for r in rows if not r["method"].startswith("suspect-")], info)
     if any(m.startswith("suspect-") for m in methods):
         table += "\n\n" + shift_suspect.suspect_markdown(rows, info["thresholds"]["fused"])
+    table += "\n\n" + bars_summary(rows)
     _write(args, table, rows, info, conditions, embedder)
     return 0
 

@@ -283,6 +283,28 @@ def evaluate_methods(conditions, artifact, embedder, methods, halves=("dev",), c
     return rows, info
 
 
+#: the issue's bar: measured FAR (%) at most this at each operating point
+FAR_BARS = {"far_1pct": 2.0, "far_0.1pct": 0.3}
+#: conditions too small to measure a 1 % FAR, left out of the summary
+SUMMARY_SKIP = ("extra-speakers",)
+
+
+def bars_summary(rows: list[dict]) -> str:
+    """Per method and half: how many (condition, path, operating point) rows meet the FAR bar,
+    and the mean FRR at each point over the rows counted."""
+    groups: dict = {}
+    for r in rows:
+        if r["condition"].startswith(SUMMARY_SKIP):
+            continue
+        groups.setdefault((r["method"], r["half"]), []).append(r)
+    lines = ["| method | half | bars met | mean FRR @far_0.1pct | mean FRR @far_1pct |", "|---|---|---|---|---|"]
+    for (method, half), group in groups.items():
+        met = sum(r[f"far@{n}"] <= bar for r in group for n, bar in FAR_BARS.items())
+        frr = [np.mean([r[f"frr@{n}"] for r in group]) for n in ("far_0.1pct", "far_1pct")]
+        lines.append(f"| {method} | {half} | {met} / {len(group) * len(FAR_BARS)} | {frr[0]:.1f} | {frr[1]:.1f} |")
+    return "\n".join(lines)
+
+
 def methods_markdown(rows: list[dict], info: dict) -> str:
     """A row per condition, path, method and half."""
     names = list(info["thresholds"]["fused"])

@@ -6,7 +6,9 @@ the shipped scoring, and the per-item quality estimates (cached).
 The shared train-clean-100 holds one ~12.5-s utterance per speaker, so:
 
 * ``N_TRAIN`` speakers are picked by a seeded hash; the others are babble talkers. Each
-  picked utterance is cut: audio before ``SPLIT_S`` is profile material, after it query material.
+  picked utterance is cut: audio before ``SPLIT_S`` is profile material, after it query
+  material (queries from the first ``N_QUERY_SPEAKERS`` utterances long enough to leave
+  >= 2.5 s after the cut).
 * Profiles: the first ``N_PROFILES`` picked speakers, variants clean / telephone /
   reverberant (the profile part through the channel) and short (a 2-s crop). Queries: every
   picked speaker's query part, variants clean / telephone / babble 10 / 5 dB / reverberant /
@@ -17,7 +19,7 @@ The shared train-clean-100 holds one ~12.5-s utterance per speaker, so:
   Non-targets are different speakers; the few targets are halves of one utterance (same
   session: optimistic), reported, not fitted.
 * The artifact's S-norm cohort *is* train-clean-100 (251 speakers): the picked speakers'
-  cohort rows (matched by the runtime cosine of their whole clean utterance) are left out of
+  cohort rows (matched by the runtime cosine of their clean profile or query part) are left out of
   the cohort while scoring the training trials, so no trial is normalised against itself.
 
 Items go through ``ShiftEmbedder`` (channel -> Silero VAD -> models, the same embedding
@@ -41,7 +43,7 @@ from nessa.lab.evaluation.shift_protocol import Item, rng_for, treatment
 from nessa.lab.evaluation.systems import mean_vectors
 from nessa.scoring import CandidateScorer
 
-N_TRAIN, N_PROFILES = 120, 40
+N_TRAIN, N_PROFILES, N_QUERY_SPEAKERS = 120, 40, 60
 SPLIT_S, SHORT_S = 6.0, 2.0
 PROFILE_VARIANTS = ("clean", "telephone", "reverb", "short")
 QUERY_VARIANTS = ("clean", "telephone", "babble10", "babble5", "reverb", "short")
@@ -95,15 +97,21 @@ def _variant_item(path: str, variant: str, talkers: list[str], seed: int, query:
 
 
 def training_set(shared_dir, seed: int = 0) -> dict:
-    """{"profiles": {variant: [(speaker, items)]}, "queries": {variant: [(speaker, item)]},
-    "whole": [(speaker, clean whole-utterance item)] of the picked speakers}."""
+    """{"profiles": {variant: [(speaker, items)]}, "queries": {variant: [(speaker, item)]}}."""
     utterances = sorted(list_utterances(pathlib.Path(shared_dir) / "librispeech" / "train-clean-100"))
     order = sorted(utterances, key=lambda u: hashlib.sha256(f"{seed}/quality-train/{u[0]}".encode()).hexdigest())
     picked, talkers = order[:N_TRAIN], [path for _, path in order[N_TRAIN:]]
     profiles = {v: [(s, (_variant_item(p, v, talkers, seed, False),)) for s, p in picked[:N_PROFILES]]
                 for v in PROFILE_VARIANTS}
-    queries = {v: [(s, _variant_item(p, v, talkers, seed, True)) for s, p in picked] for v in QUERY_VARIANTS}
-    return {"profiles": profiles, "queries": queries, "whole": [(s, Item((p,))) for s, p in picked]}
+    long_enough = [(s, p) for s, p in picked if _seconds(p) >= SPLIT_S + 0.5 + SHORT_S][:N_QUERY_SPEAKERS]
+    queries = {v: [(s, _variant_item(p, v, talkers, seed, True)) for s, p in long_enough] for v in QUERY_VARIANTS}
+    return {"profiles": profiles, "queries": queries}
+
+
+def _seconds(path: str) -> float:
+    import soundfile
+
+    return float(soundfile.info(path).duration)
 
 
 class _CohortWithout:
@@ -120,8 +128,8 @@ class _CohortWithout:
 
 
 def training_scorer(artifact, whole_runtime: np.ndarray) -> tuple[CandidateScorer, dict]:
-    """A scorer whose cohort leaves out the rows of the picked speakers (the nearest cohort
-    row by runtime cosine to each whole clean utterance), and how clear the matches were."""
+    """A scorer whose cohort leaves out the rows of the training speakers (the nearest cohort
+    row by runtime cosine to each clean part of their utterance), and how clear the matches were."""
     cohort = artifact.params["cohort_runtime"]
     cosine = (whole_runtime / np.linalg.norm(whole_runtime, axis=1, keepdims=True)) @ (
         cohort / np.linalg.norm(cohort, axis=1, keepdims=True)).T
@@ -193,11 +201,12 @@ def method_context(artifact, enroll_model, runtime_model, shared_dir, cache_dir,
     profile_items = [i for v in data["profiles"].values() for _, items in v for i in items]
     query_items = [item for v in data["queries"].values() for _, item in v]
     profile_embedder.embed(profile_items)
-    query_embedder.embed(query_items + [item for _, item in data["whole"]])
+    query_embedder.embed(query_items)
     quality_dir = pathlib.Path(cache_dir).parent / "quality-suspect" / "quality"
     quality_of = item_quality(profile_items + query_items, profile_embedder, quality_dir)
-    scorer, cohort_info = training_scorer(artifact, np.stack([query_embedder.vectors[i][1]
-                                                              for _, i in data["whole"]]))
+    clean_parts = [items[0] for _, items in data["profiles"]["clean"]] + [i for _, i in data["queries"]["clean"]]
+    scorer, cohort_info = training_scorer(artifact, np.stack(
+        [(profile_embedder.vectors.get(i) or query_embedder.vectors[i])[1] for i in clean_parts]))
     trials = training_trials(scorer, data, profile_embedder, query_embedder, quality_of)
     maps = {}
     for kind in ("shift", "refit"):
