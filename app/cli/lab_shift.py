@@ -87,6 +87,10 @@ def _compare_methods(args, conditions, artifact, models, embedder, started: floa
     if any(m.startswith("suspect-") for m in methods):
         table += "\n\n" + shift_suspect.suspect_markdown(rows, info["thresholds"]["fused"])
     table += "\n\n" + bars_summary(rows)
+    if context:
+        from nessa.lab.evaluation.shift_quality_train import training_markdown
+
+        table += "\n\n" + training_markdown(context["trials"], context["cohort"])
     _write(args, table, rows, info, conditions, embedder)
     return 0
 

@@ -217,3 +217,17 @@ def method_context(artifact, enroll_model, runtime_model, shared_dir, cache_dir,
     eval_items = list(dict.fromkeys(i for c in conditions for i in c.items()))
     return {"maps": maps, "trials": trials, "cohort": cohort_info,
             "item_quality": item_quality(eval_items, embedder, quality_dir)}
+
+
+def training_markdown(trials: dict, cohort: dict) -> str:
+    """Per path and training combo (profile variant | query variant): the mean genuine and
+    impostor LLRs (shipped scoring, training cohort) and the trial counts."""
+    lines = ["| path | training combo (profile \\| query) | mean genuine LLR | mean impostor LLR (sd) | trials (tgt / non) |",
+             "|---|---|---|---|---|"]
+    for path, rec in trials.items():
+        for combo in dict.fromkeys(rec["combo"].tolist()):
+            rows = rec["combo"] == combo
+            tgt, non = rec["llr"][rows & rec["is_target"]], rec["llr"][rows & ~rec["is_target"]]
+            lines.append(f"| {path} | {combo} | {np.mean(tgt):.2f} | {np.mean(non):.2f} ({np.std(non):.2f}) | "
+                         f"{len(tgt)} / {len(non)} |")
+    return "\n".join(lines + ["", f"Training cohort: {cohort}"])
