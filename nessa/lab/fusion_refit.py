@@ -66,16 +66,18 @@ def fused_names(artifact) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------- LibriSpeech
-def librispeech_dev_trials(artifact, source, target, train_dir, cache_dir, *, progress: bool = False):
+def librispeech_dev_trials(artifact, source, target, train_dir, cache_dir, *, max_speakers: int | None = None,
+                           progress: bool = False):
     """The artifact's LibriSpeech calibration trials (``DevTrials``), rebuilt from its recorded
-    dev speakers and chunking (speech only, as it was trained; embeddings through the cache)."""
+    dev speakers and chunking (speech only, as it was trained; embeddings through the cache);
+    ``max_speakers``: the first (sorted) that many of them only."""
     from nessa.lab.data import default_audio_loader, embed_corpus, list_utterances, speech_only_loader
     from nessa.lab.train import AlignmentConfig, build_dev_trials
 
     config = artifact.config
     base = AlignmentConfig.from_any({k: v for k, v in config.items()
                                      if k in {f.name for f in dataclasses.fields(AlignmentConfig)}})
-    dev = set(artifact.data["dev_speakers"])
+    dev = set(sorted(artifact.data["dev_speakers"])[:max_speakers])
     utterances = [u for u in list_utterances(train_dir) if u[0] in dev]
     if {u[0] for u in utterances} != dev:
         raise ValueError(f"{train_dir} lacks some of the artifact's dev speakers")
