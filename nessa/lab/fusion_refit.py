@@ -157,6 +157,15 @@ def refit_fusion(librispeech: TrialSet, commands: TrialSet, *, domain_weight: fl
     return calibration.with_thresholds(thresholds, default_threshold)
 
 
+def with_snorm_features(artifact, features):
+    """A copy of ``artifact`` whose scorer S-normalises only ``features`` (e.g. to fuse a raw
+    feature); its calibrations are unchanged, so refit the fusion on it (``with_fusion``)."""
+    snorm = artifact.scoring.get("snorm")
+    if not snorm:
+        raise ValueError("the artifact has no S-norm to change")
+    return dataclasses.replace(artifact, scoring={**artifact.scoring, "snorm": {**snorm, "features": list(features)}})
+
+
 def with_fusion(artifact, calibration: LogisticCalibration, *, name: str, record: dict, command: str = ""):
     """A copy of ``artifact`` under ``name`` whose pooled fused calibration is ``calibration``;
     ``record`` (what it was refitted on, how, its figures) is stored as ``config["fusion_refit"]``."""

@@ -95,3 +95,34 @@ def build(enroll, runtime, artifact_dir, shared_dir, cache_dir, out_dir, name: s
         f"same_words_weight={same_words_weight}, max_librispeech_speakers={max_librispeech_speakers})"))
     new.save(out_dir)
     return new
+
+
+#: the raw-tower variant: the fused features S-normalised (``cross_cosine_tower`` left raw)
+RAW_TOWER_SNORM = ("runtime_cosine", "cross_cosine")
+
+
+def build_raw_tower(enroll, runtime, artifact_dir, shared_dir, cache_dir, out_dir, name: str, *,
+                    max_librispeech_speakers: int = MAX_LIBRISPEECH_SPEAKERS) -> AlignmentArtifact:
+    """The diagnosis' variant: ``cross_cosine_tower`` fused **raw** (the LibriSpeech-cohort
+    S-norm made it content-sensitive on Speech Commands), the fusion refitted on the artifact's
+    LibriSpeech calibration trials alone (no Speech Commands trial is used, so its Speech
+    Commands figures are out of sample). The alignment path is unchanged."""
+    artifact = AlignmentArtifact.load(artifact_dir)
+    probe = fusion_refit.with_snorm_features(artifact, RAW_TOWER_SNORM)
+    trials = fusion_refit.librispeech_dev_trials(probe, runtime, enroll,
+                                                 pathlib.Path(shared_dir) / "librispeech" / "train-clean-100",
+                                                 cache_dir, max_speakers=max_librispeech_speakers)
+    librispeech = fusion_refit.dev_trial_set(probe, trials)
+    calibration = fusion_refit.refit_fusion(librispeech, librispeech.select(librispeech.is_target[:0]),
+                                            domain_weight=0.0, same_words_weight=0.0)
+    record = {"method": "fused calibration refitted with cross_cosine_tower raw (not S-normalised), "
+                        "on the LibriSpeech calibration trials alone (nessa.lab.same_words_refit.build_raw_tower)",
+              "source_artifact_sha256": artifact.sha256, "snorm_features_before": artifact.scoring["snorm"]["features"],
+              "snorm_features": list(RAW_TOWER_SNORM),
+              "librispeech_dev_speakers": sorted(set(librispeech.profile_speaker)),
+              "trials": {"librispeech": [int(librispeech.is_target.sum()), int((~librispeech.is_target).sum())]},
+              "shipped_fused": artifact.scoring["fused"]}
+    new = fusion_refit.with_fusion(probe, calibration, name=name, record=record, command=(
+        f"nessa.lab.same_words_refit.build_raw_tower(..., max_librispeech_speakers={max_librispeech_speakers})"))
+    new.save(out_dir)
+    return new

@@ -110,3 +110,24 @@ def test_refitted_artifact_keeps_all_but_its_fusion(tmp_path):
     with pytest.raises(ValueError):
         with_fusion(shipped, calibration.__class__(features=("runtime_cosine",), weights=(1.0,), bias=0.0),
                     name="x", record={})
+
+
+def test_with_snorm_features_leaves_a_feature_raw():
+    from nessa.artifact import AlignmentArtifact
+    from nessa.lab.fusion_refit import with_snorm_features
+
+    shipped = AlignmentArtifact.load(pathlib.Path(remedy.__file__).parents[2] / "artifacts"
+                                     / "nessa-twotower-cca-ge2e256-to-campplus192-v3")
+    probe = with_snorm_features(shipped, ("runtime_cosine", "cross_cosine"))
+    rng = np.random.default_rng(4)
+    queries, profiles_e, profiles_r = rng.normal(size=(3, 256)), rng.normal(size=(4, 192)), rng.normal(size=(4, 256))
+    before = shipped.scorer.candidate_features(queries, profiles_e, profiles_r)
+    after = probe.scorer.candidate_features(queries, profiles_e, profiles_r)
+    raw = shipped.scorer.score_features(queries, {k: v for k, v in shipped.scorer.prepare_candidates(
+        profiles_e, profiles_r).items() if k != "snorm"})
+    assert np.allclose(after["cross_cosine_tower"], raw["cross_cosine_tower"])
+    assert not np.allclose(before["cross_cosine_tower"], raw["cross_cosine_tower"])
+    for name in ("runtime_cosine", "cross_cosine"):
+        assert np.allclose(after[name], before[name])
+    assert np.allclose(probe.scorer.score_candidates(queries, profiles_e)[0],
+                       shipped.scorer.score_candidates(queries, profiles_e)[0])  # alignment path unchanged
