@@ -60,3 +60,29 @@ def test_gallery_snorm_with_the_stored_cohort_alone_is_the_service_scoring():
         again = methods.gallery_snorm_llr(artifact, condition, vectors, fused, mode="stored")
         assert np.allclose(service, again, atol=1e-3)
         assert not np.allclose(service, methods.gallery_snorm_llr(artifact, condition, vectors, fused), atol=1e-3)
+
+
+def test_suspect_rows_flag_an_impostor_whose_own_profile_outscores_the_claimed_one():
+    from app.settings import Settings
+    from nessa.artifact import AlignmentArtifact
+
+    settings = Settings()
+    artifact = AlignmentArtifact.load(settings.bundled_artifacts_dir / settings.default_alignment)
+    rng = np.random.default_rng(3)
+    items = [Item((f"{i}.flac",)) for i in range(8)]
+    voices = [(rng.normal(size=artifact.target_dim), rng.normal(size=artifact.source_dim)) for _ in range(4)]
+    # every item of speaker s is its voice plus a little noise: a query is closest to its own profile
+    vectors = {item: ((voices[i % 4][0] + 0.05 * rng.normal(size=artifact.target_dim)).astype(np.float32),
+                      (voices[i % 4][1] + 0.05 * rng.normal(size=artifact.source_dim)).astype(np.float32), 5.0)
+               for i, item in enumerate(items)}
+    profiles = [(str(s), (items[s],)) for s in range(4)]
+    tests = [(str(s), items[4 + s]) for s in range(4)]
+    trials = np.array([(t, p) for t in range(4) for p in range(4)])
+    condition = ShiftCondition("x", "x", "", profiles, tests, trials, trials[:, 0] == trials[:, 1],
+                               np.array(["dev"] * len(trials)))
+    thresholds = {"far_0.1pct": -1e9}  # every claim passes the threshold: only the rule rejects
+    closed, = methods.suspect_rows("suspect-closed-m0", artifact, condition, vectors, True, thresholds, ("dev",))
+    assert closed["far@far_0.1pct"] == 0.0 and closed["frr@far_0.1pct"] == 0.0
+    assert closed["own_enrolled"] == 12
+    opened, = methods.suspect_rows("suspect-open-m0", artifact, condition, vectors, True, thresholds, ("dev",))
+    assert opened["far@far_0.1pct"] > 0.0  # without its own profile the impostor is rarely exposed
