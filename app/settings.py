@@ -40,6 +40,9 @@ class Settings:
     #: the false-accept rate verify and identify decide at unless a request names another
     #: (0.01 or 0.001: the operating points every calibration carries a threshold for)
     far_target: float = 0.001
+    #: refit the calibration on the gallery's own enrollments in the background and decide
+    #: with it (stricter than the shipped one only; docs/calibration.md)
+    gallery_calibration: bool = False
     min_enroll_speech_seconds: float = 3.0
     min_runtime_speech_seconds: float = 0.5
     retain_enrollment_audio: bool = True

@@ -10,7 +10,7 @@ import socket
 
 from jobqueue import PermanentJobError, Worker
 
-from app.services import diarization, enrollment, model_jobs, reembed, retention
+from app.services import diarization, enrollment, gallery_calibration, model_jobs, reembed, retention
 from app.store.job_queue import jobs
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,8 @@ def build_worker(services, *, worker_id: str | None = None) -> Worker:
                 diarization.DIARIZE_JOB: _diarize_handler(services),
                 reembed.REEMBED_JOB: lambda ctx: reembed.process_reembed(services, ctx),
                 reembed.REEMBED_BATCH_JOB: lambda ctx: reembed.process_reembed_batch(services, ctx),
-                model_jobs.EVALUATE_JOB: lambda ctx: model_jobs.process_evaluation(services, ctx)}
+                model_jobs.EVALUATE_JOB: lambda ctx: model_jobs.process_evaluation(services, ctx),
+                gallery_calibration.CALIBRATE_JOB: lambda ctx: gallery_calibration.process_calibration(services, ctx)}
     return MaintainingWorker(services, jobs, services.session_factory, handlers,
                              worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}",
                              lease_seconds=services.settings.job_lease_seconds,

@@ -61,11 +61,13 @@ class JobQueue:
                                .group_by(model.status)).all()
         return {status: count for status, count in rows}
 
-    def unfinished_count(self, session: Session) -> int:
-        """Jobs queued (now or for later) or running."""
+    def unfinished_count(self, session: Session, kinds: Iterable[str] | None = None) -> int:
+        """Jobs queued (now or for later) or running (of these kinds, when given)."""
         model = self.model
-        return session.scalar(sa.select(sa.func.count()).select_from(model)
-                              .where(model.status.in_(["queued", "running"])))
+        query = sa.select(sa.func.count()).select_from(model).where(model.status.in_(["queued", "running"]))
+        if kinds is not None:
+            query = query.where(model.kind.in_(list(kinds)))
+        return session.scalar(query)
 
     # --- a worker's own transactions ----------------------------------------------------
 

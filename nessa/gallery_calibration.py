@@ -107,7 +107,8 @@ def gallery_trials(scorer, items_runtime: np.ndarray, items_seconds: np.ndarray,
     """(non-target LLRs, target LLRs) of a gallery under the shipped scoring.
 
     ``items_*``: one row per enrollment (its runtime-model embedding, speech seconds, and the
-    index of its speaker's profile); ``profiles_*``: the stored profile vectors
+    index of its speaker's profile, -1 when that profile is not among those scored);
+    ``profiles_*``: the stored profile vectors
     (``profiles_runtime`` None scores the alignment path). Targets (needs ``items_enroll``,
     the enrollments' enrollment-space vectors): each enrollment against its speaker's profile
     rebuilt without it, for speakers with two or more enrollments."""
@@ -116,7 +117,7 @@ def gallery_trials(scorer, items_runtime: np.ndarray, items_seconds: np.ndarray,
     nontargets = llr[item_owner[:, None] != np.arange(len(profiles_enroll))[None, :]]
     targets = []
     if items_enroll is not None:
-        for owner in np.unique(item_owner):
+        for owner in np.unique(item_owner[item_owner >= 0]):
             rows = np.flatnonzero(item_owner == owner)
             if len(rows) < 2:
                 continue

@@ -43,6 +43,8 @@ def register(sub, settings: Settings) -> None:
     act.add_argument("alignment")
     act.add_argument("--force", action="store_true", help="override the gate (recorded in the audit log)")
     msub.add_parser("rollback", help="go back to the path in force before the current one")
+    msub.add_parser("calibrate", help="fit the calibration on the gallery's own enrollments now "
+                                      "(what the background job does when the gallery changes)")
     models.set_defaults(func=cmd_models)
 
 
@@ -78,6 +80,30 @@ def _print_evaluation(result: dict) -> None:
     tol = result["tolerance"]
     print(f"gate (EER +{tol['eer_points']} points, top-1 -{tol['top1_points']} points): "
           f"{'PASSED' if result['passed'] else 'FAILED'}")
+
+
+def _schedule_calibration(services) -> None:
+    from app.services.gallery_calibration import schedule_if_due
+
+    if schedule_if_due(services):
+        print("queued a refit of the gallery calibration for the path now in force")
+
+
+def _print_calibration(fit: dict) -> None:
+    print(f"gallery calibration {fit['fit_id']} for {fit['alignment']}: {fit['n_profiles']} profiles, "
+          f"{fit['n_enrollments']} enrollments as queries")
+    if fit["source"] == "shipped":
+        print("  too few profiles or trials for a fit: decisions keep the shipped calibration")
+    for path, m in fit["paths"].items():
+        shipped, gallery = m["figures"]["shipped"], m["figures"]["gallery"]
+        rates = ", ".join(f"{name}: FAR {_pct(shipped[name]['far'])} -> {_pct(gallery[name]['far'])}, "
+                          f"FRR {_pct(shipped[name]['frr'])} -> {_pct(gallery[name]['frr'])}" for name in shipped)
+        print(f"  {path}: llr -> min({m['scale']:.3f} * llr + {m['bias']:.3f}, llr) from {m['n_nontargets']} "
+              f"impostor and {m['n_targets']} genuine trials; in-domain {rates}")
+
+
+def _pct(rate) -> str:
+    return "n/a" if rate is None else f"{100 * rate:.2f}%"
 
 
 def _wait_for_job(services, job_id: int, *, workers: int) -> dict:
@@ -147,12 +173,19 @@ def cmd_models(args, settings: Settings) -> int:
                 session.commit()
                 print(f"deployment {deployment.id}: {deployment.runtime_model} -> {deployment.enrollment_space} "
                       f"through {deployment.alignment} is in force{' (gate overridden)' if args.force else ''}")
+                _schedule_calibration(services)
                 return 0
             if command == "rollback":
                 deployment = registry.rollback(session, actor=actor())
                 session.commit()
                 print(f"rolled back: deployment {deployment.id} puts {deployment.alignment} in force again")
+                _schedule_calibration(services)
                 return 0
+        if command == "calibrate":
+            from app.services.gallery_calibration import fit_gallery
+
+            _print_calibration(fit_gallery(services, actor=actor()))
+            return 0
         if command == "reembed":
             from app.services.reembed import start_reembed
 

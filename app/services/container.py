@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.model_catalog import load_embedder
+from app.services.gallery_calibration import GalleryCalibrations
 from app.services.profile_index import ProfileIndex
 from app.services.registry_startup import prepare_registry
 from app.services.runtime_path import ActivePath, RuntimePath
@@ -35,6 +36,8 @@ class Services:
     gallery: ProfileIndex
     #: the runtime path in force, read per request
     paths: ActivePath
+    #: the gallery-aware calibration in force, read per request
+    calibrations: GalleryCalibrations
 
     def __init__(self, settings: Settings):
         import torch
@@ -49,6 +52,7 @@ class Services:
         self.gallery = ProfileIndex(self.session_factory, factory=settings.faiss_factory,
                                     use_gpu=settings.faiss_use_gpu)
         self.paths = ActivePath(self.session_factory)
+        self.calibrations = GalleryCalibrations(settings.gallery_calibration)
         self._prepared = False
         self._prepare_lock = threading.Lock()
 

@@ -18,7 +18,7 @@ from jobqueue import PermanentJobError
 from app.errors import not_found
 from app.store.job_queue import jobs
 from app.store import embeddings, models, profiles
-from app.services import registry
+from app.services import gallery_calibration, registry
 from app.store.db import select_for_update
 from app.store.models import utcnow
 from app.services.audio_input import SAMPLE_RATE, prepare_audio
@@ -139,6 +139,7 @@ def process_enrollment(services, ctx) -> dict:
         session.commit()
     if not services.settings.retain_enrollment_audio:
         pathlib.Path(audio_path).unlink(missing_ok=True)
+    gallery_calibration.schedule_if_due(services)  # the gallery grew: its calibration may be due
     return {"enrollment_id": enrollment_id, "spaces": sorted(vectors)}
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from app.errors import ApiError
 from app.services.artifact_check import keeps_target_space
 from app.services.audio_input import prepare_audio
+from app.services.gallery_calibration import InForce, newest_fit
 from app.services.speakers import get_speaker, refuse_unknown_speakers, speaker_names
 from app.store import db, profiles
 from app.store.profiles import StoredProfile
@@ -58,9 +59,10 @@ def _profiles_untouched(artifact) -> bool:
 
 
 def _score(artifact, query_runtime, enrolled: dict[int, StoredProfile], runtime: dict[int, StoredProfile],
-           speech_s: float | None = None):
+           speech_s: float | None, calibration: InForce):
     """Exact calibrated scores for the speakers with an enrollment-space profile (the others
-    are not scorable). Each value: (LLR, scoring path, bridged)."""
+    are not scorable). Each value: (LLR, scoring path, bridged). The LLR is the artifact's,
+    through the gallery's own calibration where one is in force (only ever stricter)."""
     if not enrolled:
         return {}
     order = sorted(enrolled)
@@ -70,6 +72,7 @@ def _score(artifact, query_runtime, enrolled: dict[int, StoredProfile], runtime:
     prepared = _PREPARED.get(artifact, [(i, enrolled[i].vector, runtime[i].vector if i in runtime else None)
                                         for i in order])
     llr, fused = artifact.scorer.score_prepared(query_runtime, prepared, seconds=speech_s)
+    llr = calibration.apply(llr, fused)
     return {speaker_id: (float(llr[j]), "fused" if fused[j] else "alignment", enrolled[speaker_id].bridged)
             for j, speaker_id in enumerate(order)}
 
@@ -110,21 +113,27 @@ class PreparedProfiles:
 _PREPARED = PreparedProfiles()
 
 
-def _operating_point(services, far_target: float | None) -> dict:
+def _operating_point(services, far_target: float | None, calibration: InForce) -> dict:
     """The false-accept rate a decision is made at (the request's, else the setting's)."""
     far_target = services.settings.far_target if far_target is None else far_target
-    return {"far_target": far_target, "threshold_name": threshold_name(far_target), "calibration": "shipped"}
+    return {"far_target": far_target, "threshold_name": threshold_name(far_target), "calibration": calibration.source}
 
 
 def calibration_in_force(services) -> dict | None:
-    """The calibration decisions are made with now, where it came from, and its threshold
-    per operating point and scoring path (None while no runtime path is in force)."""
+    """The calibration decisions are made with now, where it came from (shipped, or fitted
+    on the gallery: when, on how many trials, with what figures), and its threshold per
+    operating point and scoring path (None while no runtime path is in force)."""
     try:
         artifact = services.path().artifact
     except ApiError:
         return None
     scorer = artifact.scorer
-    return {"source": "shipped", "artifact": artifact.name, "far_target": services.settings.far_target,
+    with services.session() as session:
+        in_force = services.calibrations.current(session, artifact.name)
+        fit = newest_fit(session, artifact.name)
+    return {"source": in_force.source, "artifact": artifact.name, "far_target": services.settings.far_target,
+            "gallery_calibration": services.settings.gallery_calibration,
+            "gallery_fit": fit if services.settings.gallery_calibration else None,
             "thresholds": {name: {"fused": float(scorer.candidate_threshold(fused=True, name=name)),
                                   "alignment": float(scorer.candidate_threshold(fused=False, name=name))}
                            for name in FAR_TARGETS}}
@@ -167,13 +176,14 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
         gallery.sync(session)
         ids = _preselect(gallery, artifact, query_runtime, query_aligned,
                          sorted(set(candidates)) if candidates else None)
+        calibration = services.calibrations.current(session, artifact.name)
         scored = _score(artifact, query_runtime, gallery.profiles(artifact.target_version, ids),
-                        gallery.profiles(artifact.source_version, ids), prepared.speech_s) if ids else {}
+                        gallery.profiles(artifact.source_version, ids), prepared.speech_s, calibration) if ids else {}
         names = speaker_names(session, list(scored))
     timings["search"] = (time.perf_counter() - t0) * 1e3
     ranked = sorted(((s, how, i, b) for i, (s, how, b) in scored.items() if i in names), reverse=True)[:top_k]
     best = ranked[0] if ranked else None
-    operating_point = _operating_point(services, far_target)
+    operating_point = _operating_point(services, far_target, calibration)
     threshold = _threshold(artifact, best[1] if best else "fused", operating_point)
     accepted = best is not None and best[0] >= threshold
     return {
@@ -199,13 +209,14 @@ def verify(services, data: bytes, *, speaker_id: int, far_target: float | None =
         name = get_speaker(session, speaker_id).name  # it may have been deleted meanwhile
         enrolled = {p.speaker_id: p for p in profiles.read(session, artifact.target_version, [speaker_id])}
         runtime = {p.speaker_id: p for p in profiles.read(session, artifact.source_version, [speaker_id])}
-        scored = _score(artifact, query_runtime, enrolled, runtime, prepared.speech_s)
+        calibration = services.calibrations.current(session, artifact.name)
+        scored = _score(artifact, query_runtime, enrolled, runtime, prepared.speech_s, calibration)
     if speaker_id not in scored:
         raise ApiError(409, "speaker_not_enrolled",
                        "This speaker has no completed enrollment yet; wait for its enrollment job.",
                        {"speaker_id": speaker_id})
     score, how, bridged = scored[speaker_id]
-    operating_point = _operating_point(services, far_target)
+    operating_point = _operating_point(services, far_target, calibration)
     threshold = _threshold(artifact, how, operating_point)
     return {"accepted": score >= threshold, "score": score, "threshold": threshold,
             "operating_point": operating_point, "scoring": how,

@@ -75,3 +75,16 @@ def delete_for_speaker(session, speaker_id: int) -> set[str]:
 
 def delete_space(session, space: str) -> None:
     session.execute(sa.delete(models.Embedding).filter_by(space=space))
+
+
+def enrollment_vectors(session, space: str) -> list[tuple[int, int, np.ndarray, float | None, bool]]:
+    """(enrollment id, speaker id, vector, speech seconds, bridged) of every completed
+    enrollment's vector in `space`, by enrollment id: the gallery's own trials."""
+    rows = session.execute(
+        sa.select(models.Embedding.enrollment_id, models.Embedding.speaker_id, models.Embedding.dim,
+                  models.Embedding.vector, models.Enrollment.speech_s, models.Embedding.via_alignment)
+        .join(models.Enrollment, models.Enrollment.id == models.Embedding.enrollment_id)
+        .where(models.Embedding.space == space, models.Enrollment.status == "done")
+        .order_by(models.Embedding.enrollment_id)).all()
+    return [(row.enrollment_id, row.speaker_id, FloatVector.from_bytes(row.vector, row.dim), row.speech_s,
+             row.via_alignment is not None) for row in rows]

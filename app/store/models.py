@@ -368,3 +368,27 @@ class GalleryChange(Base):
     speaker_id: Mapped[int] = mapped_column(sa.Integer)
     op: Mapped[str] = mapped_column(sa.String(16))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class GalleryCalibrationFit(Base):
+    """A gallery-aware calibration fitted on the gallery's own enrollments (issue #12): per
+    scoring path, a strict map of the alignment's LLRs (nessa.gallery_calibration). The
+    newest row for the alignment in force is what requests decide with; an empty ``maps``
+    records that the gallery was too small, so the shipped calibration stays."""
+
+    __tablename__ = "gallery_calibrations"
+    __table_args__ = (sa.Index(None, "alignment", "id"), NEVER_REUSE_IDS)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    alignment: Mapped[str] = mapped_column(sa.String(200), sa.ForeignKey("alignment_artifacts.name"))
+    enrollment_space: Mapped[str] = mapped_column(sa.String(100))
+    runtime_model: Mapped[str] = mapped_column(sa.String(100))
+    #: speakers with a profile in the enrollment space, and enrollments scored as queries
+    n_profiles: Mapped[int] = mapped_column(sa.Integer)
+    n_enrollments: Mapped[int] = mapped_column(sa.Integer)
+    #: the newest gallery change the fit saw: how far the gallery moved since is counted from it
+    change_id: Mapped[int] = mapped_column(sa.BigInteger)
+    #: scoring path -> GalleryCalibration map with its trial counts and figures ({}: shipped)
+    maps: Mapped[dict[str, Any]] = mapped_column(JSONValue)
+    actor: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

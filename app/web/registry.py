@@ -6,7 +6,7 @@ import pathlib
 
 from flask import Blueprint, current_app, jsonify
 
-from app.services import registry
+from app.services import gallery_calibration, registry
 from app.services.model_jobs import submit_evaluation
 from app.services.recognition import calibration_in_force
 from app.services.reembed import start_reembed
@@ -124,7 +124,9 @@ def activate_path(body: NewDeployment):
     with _services().session() as session:
         deployment = registry.activate(session, body.alignment, actor=current_actor(), force=body.force)
         session.commit()
-        return jsonify(registry.deployment_to_dict(deployment)), 201
+        body = registry.deployment_to_dict(deployment)
+    gallery_calibration.schedule_if_due(_services())  # a new path: its gallery calibration is due
+    return jsonify(body), 201
 
 
 @operation(bp, "POST", "/v1/deployments/rollback", access="admin", errors=("409",),
@@ -134,4 +136,6 @@ def rollback_path():
     with _services().session() as session:
         deployment = registry.rollback(session, actor=current_actor())
         session.commit()
-        return jsonify(registry.deployment_to_dict(deployment)), 201
+        body = registry.deployment_to_dict(deployment)
+    gallery_calibration.schedule_if_due(_services())
+    return jsonify(body), 201

@@ -265,14 +265,40 @@ class Candidate(Shape):
 class OperatingPoint(Shape):
     far_target: float = Field(description="the false-accept rate the threshold was chosen for")
     threshold_name: str
-    calibration: Literal["shipped"] = Field(description="where the calibration came from")
+    calibration: Literal["shipped", "gallery"] = Field(
+        description="where the calibration came from: the artifact's (shipped) or refitted on the gallery's own "
+                    "enrollments (gallery; only ever stricter than the shipped one)")
+
+
+class GalleryPathMap(Shape):
+    """One scoring path's map: llr -> min(scale * llr + bias, llr)."""
+    scale: float
+    bias: float
+    n_nontargets: int = Field(description="in-domain impostor trials (an enrollment against another speaker)")
+    n_targets: int = Field(description="in-domain genuine trials (an enrollment against its speaker's others)")
+    figures: Object = Field(description="in-domain false-accept / false-reject rates per operating point, "
+                                        "shipped vs gallery calibration, and the impostor LLR statistics")
+
+
+class GalleryFit(Shape):
+    """The newest fit of the calibration on the gallery's own enrollments."""
+    fit_id: int
+    source: Literal["shipped", "gallery"] = Field(description="shipped: the gallery was too small for a fit")
+    alignment: str
+    fitted_at: Timestamp
+    n_profiles: int
+    n_enrollments: int = Field(description="enrollments scored as queries (a seeded sample of a large gallery)")
+    paths: dict[str, GalleryPathMap] = Field(description="scoring path (fused, alignment) -> its map")
 
 
 class Calibration(Shape):
     """The calibration in force: where it came from and its LLR thresholds."""
-    source: Literal["shipped"]
+    source: Literal["shipped", "gallery"]
     artifact: str
     far_target: float = Field(description="the default operating point (NESSA_FAR_TARGET)")
+    gallery_calibration: bool = Field(description="whether the gallery-aware calibration is enabled "
+                                                   "(NESSA_GALLERY_CALIBRATION)")
+    gallery_fit: Optional[GalleryFit] = Field(description="the newest fit for this artifact (none yet: null)")
     thresholds: dict[str, dict[str, float]] = Field(description="operating point -> scoring path -> LLR threshold")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from app.services import gallery_calibration
 from app.services import speakers as speaker_service
 from app.services.enrollment import submit_enrollment
 from app.web.auth import current_key_id
@@ -54,6 +55,7 @@ def delete_speaker(speaker_id: int):
     speaker_service.remove_files(files)
     speaker_service.scrub_deleted_speakers(services.engine)
     services.gallery.sync()
+    gallery_calibration.schedule_if_due(services)
     return "", 204
 
 

@@ -14,7 +14,7 @@ from app.store import db, models
 APP_TABLES = {
     "speakers", "enrollments", "model_versions", "embeddings", "profiles",
     "alignment_artifacts", "api_keys", "jobs", "gallery_changes",
-    "deployments", "path_evaluations", "registry_events",
+    "deployments", "path_evaluations", "registry_events", "gallery_calibrations",
 }
 
 
