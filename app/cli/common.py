@@ -1,7 +1,8 @@
-"""What every command group shares: failing, the actor, opening the services."""
+"""What every command group shares: failing, the actor, opening the services, writing a report."""
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 
 from app.errors import ApiError
@@ -69,3 +70,10 @@ def safe_url(url: str) -> str:
     import sqlalchemy as sa
 
     return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def write_text_file(path: str | None, text: str) -> None:
+    """Write a report file (a table, a JSON document) where the user asked, creating its folder."""
+    if path:
+        pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(path).write_text(text + "\n", encoding="utf-8")

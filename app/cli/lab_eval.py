@@ -5,7 +5,7 @@ import argparse
 import pathlib
 import time
 
-from app.cli.common import fail
+from app.cli.common import fail, write_text_file
 from app.settings import Settings
 
 
@@ -79,9 +79,7 @@ def run_eval(args: argparse.Namespace, enroll_embedder, runtime_embedder):
     print(table)
     print(f"({result.info['n_speakers']} speakers, {result.info['n_utterances']} utterances, "
           f"{result.info['anchors']} anchor speakers; {time.monotonic() - started:.0f} s)")
-    if args.markdown:
-        pathlib.Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+    write_text_file(args.markdown, table)
     if args.json:
         result.save_json(args.json)
     if args.det:

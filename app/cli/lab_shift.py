@@ -7,7 +7,7 @@ import json
 import pathlib
 import time
 
-from app.cli.common import fail
+from app.cli.common import fail, write_text_file
 from app.settings import Settings
 
 
@@ -96,8 +96,6 @@ def _compare_methods(args, conditions, artifact, models, embedder, started: floa
 
 
 def _quality_report(args, conditions, artifact, embedder, started: float) -> int:
-    import pathlib as _pathlib
-
     from nessa.lab.evaluation.shift_eval import operating_thresholds
     from nessa.lab.evaluation.shift_quality_report import quality_markdown, quality_rows
     from nessa.lab.evaluation.shift_quality_train import item_quality
@@ -105,7 +103,7 @@ def _quality_report(args, conditions, artifact, embedder, started: float) -> int
     half = args.halves.split(",")[0]
     items = list(dict.fromkeys(i for c in conditions for i in c.items()))
     embedder.embed(items)
-    quality_of = item_quality(items, embedder, _pathlib.Path(args.cache_dir).parent / "quality-suspect" / "quality")
+    quality_of = item_quality(items, embedder, pathlib.Path(args.cache_dir).parent / "quality-suspect" / "quality")
     thresholds = {path: operating_thresholds(artifact, path == "fused") for path in ("fused", "alignment")}
     per_condition, per_bin = quality_rows(conditions, artifact, embedder.vectors, quality_of, thresholds, half)
     info = {"artifact": artifact.name, "half": half, "thresholds": thresholds,
@@ -132,10 +130,6 @@ def _quality_context(args, conditions, artifact, models, embedder) -> dict:
 def _write(args, table: str, rows: list, info: dict, conditions, embedder) -> None:
     print(table)
     print(f"({len(conditions)} conditions, {len(embedder.vectors)} items; {info['seconds']:.0f} s)")
-    if args.markdown:
-        pathlib.Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+    write_text_file(args.markdown, table)
     if args.json:
-        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.json).write_text(json.dumps({"rows": rows, "info": info}, indent=1, default=float) + "\n",
-                                           encoding="utf-8")
+        write_text_file(args.json, json.dumps({"rows": rows, "info": info}, indent=1, default=float))

@@ -8,7 +8,7 @@ import pathlib
 import sys
 import time
 
-from app.cli.common import fail
+from app.cli.common import fail, write_text_file
 from app.settings import Settings
 
 
@@ -67,11 +67,8 @@ def cmd_eval_vad(args, settings: Settings) -> int:
             "conditions": {c.name: c.description for c in conds}, "seconds": round(time.monotonic() - started, 1)}
     print(table)
     print(f"({len(records) + len(noise_records)} measurements; {info['seconds']:.0f} s)")
-    if args.markdown:
-        pathlib.Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(args.markdown).write_text(table + "\n", encoding="utf-8")
+    write_text_file(args.markdown, table)
     if args.json:
-        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         payload = {"speech": speech_rows, "noise": noise_rows, "records": records + noise_records, "info": info}
-        pathlib.Path(args.json).write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
+        write_text_file(args.json, json.dumps(payload, indent=1, default=str))
     return 0

@@ -128,12 +128,12 @@ def calibration_in_force(services) -> dict | None:
     except ApiError:
         return None
     scorer = artifact.scorer
+    enabled = services.settings.gallery_calibration
     with services.session() as session:
         in_force = services.calibrations.current(session, artifact.name)
-        fit = newest_fit(session, artifact.name)
+        fit = newest_fit(session, artifact.name) if enabled else None
     return {"source": in_force.source, "artifact": artifact.name, "far_target": services.settings.far_target,
-            "gallery_calibration": services.settings.gallery_calibration,
-            "gallery_fit": fit if services.settings.gallery_calibration else None,
+            "gallery_calibration": enabled, "gallery_fit": fit,
             "thresholds": {name: {"fused": float(scorer.candidate_threshold(fused=True, name=name)),
                                   "alignment": float(scorer.candidate_threshold(fused=False, name=name))}
                            for name in FAR_TARGETS}}
