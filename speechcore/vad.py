@@ -129,6 +129,15 @@ class SileroVAD:
         _loaded_model()
         _timestamps_from_probs()
 
+    def identity(self) -> dict:
+        """Every setting that changes which samples count as speech: part of the key of any
+        cache of embeddings made from this detector's output."""
+        return {"detector": "silero", "threshold": self.threshold, "neg_threshold": self.neg_threshold,
+                "min_speech_duration_ms": self.min_speech_duration_ms,
+                "min_silence_duration_ms": self.min_silence_duration_ms,
+                "speech_pad_ms": self.speech_pad_ms,
+                "level": None if self.level is None else dataclasses.asdict(self.level)}
+
     def speech_probabilities(self, wav16k: np.ndarray) -> np.ndarray:
         """Speech probability of each 512-sample window of a 16 kHz waveform."""
         audio = torch.from_numpy(np.ascontiguousarray(wav16k, dtype=np.float32))

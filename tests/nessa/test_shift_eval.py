@@ -212,3 +212,24 @@ def test_same_words_feature_table_matches_the_paths(speech_commands_scored):
     weights = study.fusion_weights(artifact)
     assert set(weights) <= set(table) and table["runtime_cosine"]["fusion_weight"] == weights["runtime_cosine"]
     assert "| fused LLR | dev |" in study.feature_markdown(list(table.values()))
+
+
+def test_cache_key_follows_the_speech_detector(tmp_path):
+    """Embeddings cached under one VAD setting must not be reused under another: the
+    shift table once mixed vectors made before and after a VAD change."""
+    from nessa.lab.evaluation.shift_eval import ShiftEmbedder
+    from nessa.lab.evaluation.shift_protocol import Item
+    from speechcore.vad import SileroVAD
+
+    class _Model:
+        sample_rate, dim, version, weights_sha256 = 16000, 4, "m", "0" * 64
+
+    source = tmp_path / "a.wav"
+    source.write_bytes(b"RIFF")
+    embedder = ShiftEmbedder(_Model(), _Model(), tmp_path / "cache", progress=False)
+    cache = embedder.caches[0]
+    item = Item(sources=(str(source),), treatment='{"kind": "clean"}')
+    before = embedder._key(cache, item)
+    assert embedder._key(cache, item) == before
+    embedder._vad = SileroVAD(threshold=0.5)
+    assert embedder._key(cache, item) != before

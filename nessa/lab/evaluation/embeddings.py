@@ -70,12 +70,8 @@ class AudioEmbeddingProvider:
     # ------------------------------------------------------------------ audio
     def _speech_only(self, path: str) -> np.ndarray:
         if path not in self._speech:
-            if self._vad is None:
-                from speechcore.vad import SileroVAD
-
-                self._vad = SileroVAD()
             wav = np.asarray(self._load(path), dtype=np.float32)
-            speech = self._vad.speech_only(wav)[0]
+            speech = self._detector().speech_only(wav)[0]
             self._speech[path] = speech if len(speech) else wav  # no speech found: keep it all
         return self._speech[path]
 
@@ -97,6 +93,13 @@ class AudioEmbeddingProvider:
             babble += piece / max(np.sqrt(np.mean(piece ** 2)), 1e-9)  # equal-level talkers
         return babble
 
+    def _detector(self):
+        if self._vad is None:
+            from speechcore.vad import SileroVAD
+
+            self._vad = SileroVAD()
+        return self._vad
+
     # ------------------------------------------------------------------ cache
     def _key(self, cache: EmbeddingCache, speaker: str, path: str, segment: dict, audio: dict) -> str:
         """One cache entry per (model, file, segment, audio treatment): the full speech is
@@ -115,7 +118,7 @@ class AudioEmbeddingProvider:
 
         models = (self.enroll, self.runtime)
         caches = [EmbeddingCache(self.cache_dir, model) for model in models]
-        audio = {"vad": "silero_speech_only", "noise": None if noise is None else
+        audio = {"vad": self._detector().identity(), "noise": None if noise is None else
                  {"kind": noise.kind, "snr_db": noise.snr_db, "seed": self.seed,
                   "corpus": corpus_sha if noise.kind == "babble" else ""}}
         segments = [{"crop": None}] + [{"crop": seconds, "seed": self.seed} for seconds in self.crops]

@@ -79,13 +79,16 @@ class ShiftEmbedder:
             return channels.reverberate(wav, channels.synthetic_rir(spec["rt60"], spec["seed"], drr_db=spec["drr_db"]))
         raise ValueError(f"unknown treatment {kind!r}")
 
-    def _speech(self, item: Item) -> np.ndarray:
+    def _detector(self):
         if self._vad is None:
             from speechcore.vad import SileroVAD
 
             self._vad = SileroVAD()
+        return self._vad
+
+    def _speech(self, item: Item) -> np.ndarray:
         wav = self.audio(item)
-        speech = self._vad.speech_only(wav)[0]
+        speech = self._detector().speech_only(wav)[0]
         return speech if len(speech) else wav  # no speech found: keep it all (as nessa eval does)
 
     def _key(self, cache: EmbeddingCache, item: Item) -> str:
@@ -94,7 +97,7 @@ class ShiftEmbedder:
             stat = os.stat(path)
             files.append([str(pathlib.Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
         model = cache.embedder
-        identity = {"shift_item": 1, "files": files, "treatment": item.treatment, "vad": "silero_speech_only",
+        identity = {"shift_item": 1, "files": files, "treatment": item.treatment, "vad": self._detector().identity(),
                     "sample_rate": model.sample_rate, "version": model.version,
                     "weights_sha256": model.weights_sha256}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
