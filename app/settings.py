@@ -43,6 +43,11 @@ class Settings:
     #: refit the calibration on the gallery's own enrollments in the background and decide
     #: with it (stricter than the shipped one only; docs/calibration.md)
     gallery_calibration: bool = False
+    #: verify refuses a claim as suspect when another enrolled profile scores at least the
+    #: claimed profile's LLR plus this margin (negative: also when it comes within that of
+    #: it); chosen on development speakers, docs/calibration-quality-suspect.md
+    suspect_check: bool = True
+    suspect_margin: float = -1.0
     min_enroll_speech_seconds: float = 3.0
     min_runtime_speech_seconds: float = 0.5
     retain_enrollment_audio: bool = True

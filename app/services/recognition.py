@@ -200,26 +200,66 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
     }
 
 
+def _best_other(services, session, artifact, query_runtime, query_aligned, speaker_id: int, how: str,
+                speech_s: float | None, calibration: InForce) -> tuple[float, int] | None:
+    """The best (LLR, speaker id) among the gallery's other profiles scored on the same path
+    as the claim (the nearest in the indexes, scored exactly as identify scores them)."""
+    gallery = services.gallery
+    gallery.sync(session)
+    ids = [i for i in _preselect(gallery, artifact, query_runtime, query_aligned, None) if i != speaker_id]
+    scored = _score(artifact, query_runtime, gallery.profiles(artifact.target_version, ids),
+                    gallery.profiles(artifact.source_version, ids), speech_s, calibration) if ids else {}
+    same_path = [(llr, i) for i, (llr, path, _) in scored.items() if path == how]
+    return max(same_path) if same_path else None
+
+
+def _suspect_check(settings, score: float, best_other: tuple[float, int] | None) -> dict | None:
+    """A claim is suspect when the audio matches another enrolled speaker about as well as,
+    or better than, the claimed one: rejected whatever its own LLR (issue #12)."""
+    if not settings.suspect_check:
+        return None
+    margin = settings.suspect_margin
+    suspect = best_other is not None and best_other[0] >= score + margin
+    return {"margin": margin, "suspect": suspect,
+            "competing_score": None if best_other is None else best_other[0],
+            "competing_speaker_id": None if best_other is None else best_other[1]}
+
+
 def verify(services, data: bytes, *, speaker_id: int, far_target: float | None = None) -> dict:
+    """Is it the claimed speaker? Accepted when the claimed profile's LLR reaches the
+    operating point's threshold and (suspect check on) no other enrolled profile matches
+    the audio about as well. ``suspect_check.competing_speaker_id`` names another speaker:
+    the web layer shows it to admin keys only."""
     with services.session() as session:
         get_speaker(session, speaker_id)  # 404 before any work
         db.end_read(session)
-        prepared, path, query_runtime, _, timings = _embed_query(services, session, data)
+        prepared, path, query_runtime, query_aligned, timings = _embed_query(services, session, data)
         artifact = path.artifact
+        t0 = time.perf_counter()
         name = get_speaker(session, speaker_id).name  # it may have been deleted meanwhile
         enrolled = {p.speaker_id: p for p in profiles.read(session, artifact.target_version, [speaker_id])}
         runtime = {p.speaker_id: p for p in profiles.read(session, artifact.source_version, [speaker_id])}
         calibration = services.calibrations.current(session, artifact.name)
         scored = _score(artifact, query_runtime, enrolled, runtime, prepared.speech_s, calibration)
-    if speaker_id not in scored:
-        raise ApiError(409, "speaker_not_enrolled",
-                       "This speaker has no completed enrollment yet; wait for its enrollment job.",
-                       {"speaker_id": speaker_id})
-    score, how, bridged = scored[speaker_id]
+        if speaker_id not in scored:
+            raise ApiError(409, "speaker_not_enrolled",
+                           "This speaker has no completed enrollment yet; wait for its enrollment job.",
+                           {"speaker_id": speaker_id})
+        score, how, bridged = scored[speaker_id]
+        best_other = (_best_other(services, session, artifact, query_runtime, query_aligned, speaker_id, how,
+                                  prepared.speech_s, calibration) if services.settings.suspect_check else None)
+    timings["search"] = (time.perf_counter() - t0) * 1e3
     operating_point = _operating_point(services, far_target, calibration)
     threshold = _threshold(artifact, how, operating_point)
-    return {"accepted": score >= threshold, "score": score, "threshold": threshold,
-            "operating_point": operating_point, "scoring": how,
+    suspect = _suspect_check(services.settings, score, best_other)
+    if score < threshold:
+        reason = "below_threshold"
+    elif suspect is not None and suspect["suspect"]:
+        reason = "suspect_other_profile"
+    else:
+        reason = None
+    return {"accepted": reason is None, "reason": reason, "score": score, "threshold": threshold,
+            "operating_point": operating_point, "scoring": how, "suspect_check": suspect,
             "bridged_profile": bridged,
             "speaker": {"id": speaker_id, "name": name}, "speech_seconds": round(prepared.speech_s, 3),
             "models": path.versions(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from app.services import recognition
+from app.web.auth import current_key_is_admin
 from app.web.operations import Reply, operation
 from app.web.schemas import Identification, IdentifyForm, Verification, VerifyForm
 
@@ -25,6 +26,9 @@ def identify(form: IdentifyForm):
 def verify(form: VerifyForm):
     result = recognition.verify(current_app.extensions["nessa"], form.audio.read(), speaker_id=form.speaker_id,
                                 far_target=form.far_target)
+    if result["suspect_check"] is not None and not current_key_is_admin():
+        # who else the audio matches is another speaker's business: admin keys only
+        result["suspect_check"]["competing_speaker_id"] = None
     _observe_embedding(result)
     return jsonify(result)
 

@@ -265,9 +265,7 @@ class Candidate(Shape):
 class OperatingPoint(Shape):
     far_target: float = Field(description="the false-accept rate the threshold was chosen for")
     threshold_name: str
-    calibration: Literal["shipped", "gallery"] = Field(
-        description="where the calibration came from: the artifact's (shipped) or refitted on the gallery's own "
-                    "enrollments (gallery; only ever stricter than the shipped one)")
+    calibration: Literal["shipped", "gallery"] = Field(description="the artifact's, or refitted on the gallery")
 
 
 class GalleryPathMap(Shape):
@@ -276,8 +274,7 @@ class GalleryPathMap(Shape):
     bias: float
     n_nontargets: int = Field(description="in-domain impostor trials (an enrollment against another speaker)")
     n_targets: int = Field(description="in-domain genuine trials (an enrollment against its speaker's others)")
-    figures: Object = Field(description="in-domain false-accept / false-reject rates per operating point, "
-                                        "shipped vs gallery calibration, and the impostor LLR statistics")
+    figures: Object = Field(description="in-domain FAR / FRR per operating point, shipped vs gallery calibration")
 
 
 class GalleryFit(Shape):
@@ -314,12 +311,21 @@ class Identification(Shape):
     timings_ms: dict[str, float]
 
 
+class SuspectCheck(Shape):  # verify against the rest of the gallery (NESSA_SUSPECT_CHECK, _MARGIN)
+    margin: float = Field(description="suspect when another profile scores >= the claimed score + margin")
+    suspect: bool
+    competing_score: Optional[float] = Field(description="best LLR of another profile on the same path")
+    competing_speaker_id: Optional[int] = Field(description="its speaker (admin keys only)")
+
+
 class Verification(Shape):
     accepted: bool
+    reason: Optional[Literal["below_threshold", "suspect_other_profile"]] = Field(description="null when accepted")
     score: float = Field(description="calibrated log-likelihood ratio")
     threshold: float
     operating_point: OperatingPoint
     scoring: str
+    suspect_check: Optional[SuspectCheck] = Field(description="null when the check is off")
     bridged_profile: bool
     speaker: SpeakerRef
     speech_seconds: float

@@ -103,8 +103,9 @@ def test_verify_accepts_the_true_speaker_and_rejects_an_impostor(enrolled_servic
     impostor = harness.upload(utterances[held_back[0]][0], "/v1/verify", "identify", speaker_id=str(ids[claimed]))
     assert genuine.status_code == impostor.status_code == 200
     g, i = genuine.get_json(), impostor.get_json()
-    assert g["accepted"] is True and g["score"] >= g["threshold"]
-    assert i["accepted"] is False and i["score"] < i["threshold"]
+    assert g["accepted"] is True and g["score"] >= g["threshold"] and g["reason"] is None
+    assert g["suspect_check"]["suspect"] is False and g["suspect_check"]["competing_score"] < g["score"]
+    assert i["accepted"] is False and i["score"] < i["threshold"] and i["reason"] == "below_threshold"
     # the threshold is the one documented in the active artifact
     artifact = harness.services.path().artifact
     assert g["threshold"] == pytest.approx(artifact.scorer.candidate_threshold(fused=True))
@@ -166,3 +167,31 @@ def test_delete_removes_profile_audio_and_index_entries(enrolled_service, corpus
     assert not harness.services.gallery.contains("campplus-192", speaker_id)
     assert not harness.services.gallery.contains("ge2e-256", speaker_id)
     ids.pop(victim)
+
+
+def test_verify_refuses_a_claim_another_profile_matches_as_well(enrolled_service, corpus):
+    """The same person enrolled a second time under another name: a claim of the first name
+    passes the threshold, but the audio matches the other profile just as well, so verify
+    refuses it as suspect and tells an admin key which speaker competes."""
+    harness, ids = enrolled_service
+    utterances, enrolled, _ = corpus
+    name = enrolled[1]
+    twin = harness.create_speaker("enrolled twice", external_id=f"{name}-twin")
+    try:
+        for path in utterances[name][:ENROLL_UTTERANCES]:
+            assert harness.upload(path, f"/v1/speakers/{twin}/enrollments", "enroll").status_code == 202
+        assert harness.drain_jobs() >= ENROLL_UTTERANCES
+        audio = utterances[name][-1]
+        claim = harness.upload(audio, "/v1/verify", "identify", speaker_id=str(ids[name])).get_json()
+        assert claim["score"] >= claim["threshold"]
+        assert claim["accepted"] is False and claim["reason"] == "suspect_other_profile"
+        check = claim["suspect_check"]
+        assert check["suspect"] is True and check["margin"] == -1.0
+        assert check["competing_score"] >= claim["score"] + check["margin"]
+        assert check["competing_speaker_id"] is None  # who else matches: admin keys only
+        as_admin = harness.upload(audio, "/v1/verify", "admin", speaker_id=str(ids[name])).get_json()
+        assert as_admin["suspect_check"]["competing_speaker_id"] == twin
+    finally:
+        assert harness.client.delete(f"/v1/speakers/{twin}", headers=harness.headers("enroll")).status_code == 204
+    after = harness.upload(audio, "/v1/verify", "identify", speaker_id=str(ids[name])).get_json()
+    assert after["accepted"] is True and after["suspect_check"]["suspect"] is False
