@@ -52,6 +52,7 @@ def test_identify_and_verify_score_alike(enrolled):
     identified = recognition.identify(harness.services, queries[1], top_k=len(ids))
     verified = recognition.verify(harness.services, queries[1], speaker_id=ids[1])
     candidate = next(c for c in identified["candidates"] if c["id"] == ids[1])
-    # the same query embedded twice, the same profile from memory and from the database
-    assert np.isclose(candidate["score"], verified["score"], rtol=0, atol=1e-6)
+    # the same query embedded twice, the same profile from memory and from the database; scored
+    # in a batch of profiles or alone, float32 sums may round differently (a few ulp of the LLR)
+    assert np.isclose(candidate["score"], verified["score"], rtol=1e-6, atol=1e-6)
     assert (candidate["scoring"], candidate["bridged_profile"]) == (verified["scoring"], verified["bridged_profile"])
