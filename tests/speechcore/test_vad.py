@@ -75,16 +75,34 @@ def test_locates_speech_between_silences(vad, speech):
 @pytest.mark.data
 @pytest.mark.parametrize("threshold", [0.5, SPEECH_THRESHOLD])
 def test_same_segments_as_silero_reference(speech, threshold):
+    from silero_vad import load_silero_vad
     from silero_vad.utils_vad import get_speech_timestamps
 
-    from speechcore.vad import _thread_model
-
-    # the service's detector at this level is silero's own: the level front end leaves
-    # LibriSpeech as it is (tests/speechcore/test_vad_level.py), only the threshold differs
-    reference = get_speech_timestamps(torch.from_numpy(speech), _thread_model(), threshold=threshold,
+    # the service's detector at this level is silero's own (its TorchScript model and loop; we
+    # run the ONNX sequence model): the level front end leaves LibriSpeech as it is
+    # (tests/speechcore/test_vad_level.py), only the threshold differs
+    reference = get_speech_timestamps(torch.from_numpy(speech), load_silero_vad(), threshold=threshold,
                                       return_seconds=True, time_resolution=3)
     ours = [(round(start, 3), round(end, 3)) for start, end in SileroVAD(threshold=threshold).segments(speech)]
     assert ours == [(stamp["start"], stamp["end"]) for stamp in reference]
+
+
+@pytest.mark.data
+def test_probabilities_match_silero_torchscript_on_narrowband_and_quiet_speech(vad, speech):
+    """The ONNX sequence model scores every window in one call; silero's TorchScript model
+    loops over them with its state: same probabilities (float32 rounding apart)."""
+    from silero_vad import load_silero_vad
+
+    from nessa.lab.evaluation.shift_channels import telephone
+
+    model = load_silero_vad()
+    for audio in (speech, telephone(speech), 0.003 * speech, speech[:700]):
+        with torch.inference_mode():
+            model.reset_states()
+            reference = model.audio_forward(torch.from_numpy(np.ascontiguousarray(audio)), 16000)[0].numpy()
+        ours = vad.speech_probabilities(audio)
+        assert ours.shape == reference.shape
+        assert np.abs(ours - reference).max() < 1e-3
 
 
 @pytest.mark.data
