@@ -66,6 +66,9 @@ class Settings:
     #: HTTP server: request threads, open connections, and seconds a connection may stay
     #: silent (a client that stops sending its body is dropped after this)
     web_threads: int = 8
+    #: server processes on the one port (each with its own models and profile index): a
+    #: Python process uses about one core; 0 means one per CPU core (docs/architecture.md)
+    web_workers: int = 1
     http_connection_limit: int = 1000
     http_channel_timeout_seconds: float = 20.0
     #: finished jobs (and their results) and old gallery change-log rows are deleted after

@@ -11,7 +11,9 @@ keeps it out of the PostgreSQL pass.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -72,30 +74,41 @@ def _wait_until_serving(process: subprocess.Popen, port: int, log_path) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def server_port(tmp_path_factory):
-    """A real `nessa serve` on a free loopback port and a freshly migrated SQLite database."""
-    tmp = tmp_path_factory.mktemp("serving")
-    env = {**os.environ, "NESSA_DATA_DIR": str(tmp / "data"), "NESSA_DATABASE_URL": "",
-           "NESSA_IN_PROCESS_WORKER": "false", "NESSA_HTTP_CONNECTION_LIMIT": "1000",
-           "NESSA_HTTP_CHANNEL_TIMEOUT_SECONDS": str(CHANNEL_TIMEOUT_S),
-           "NESSA_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES), "PYTHONUNBUFFERED": "1"}
+def _environment(tmp) -> dict:
+    return {**os.environ, "NESSA_DATA_DIR": str(tmp / "data"), "NESSA_DATABASE_URL": "",
+            "NESSA_IN_PROCESS_WORKER": "false", "NESSA_HTTP_CONNECTION_LIMIT": "1000",
+            "NESSA_HTTP_CHANNEL_TIMEOUT_SECONDS": str(CHANNEL_TIMEOUT_S),
+            "NESSA_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES), "PYTHONUNBUFFERED": "1"}
+
+
+@contextlib.contextmanager
+def _server(tmp, *arguments: str):
+    """A real `nessa serve` on a free loopback port and a freshly migrated SQLite database:
+    (its process, the port, its log)."""
+    env = _environment(tmp)
     upgrade = subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], cwd=REPO_ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
     port, log_path = _free_port(), tmp / "serve.log"
     with open(log_path, "wb") as log:
         # own process group: killing it ends everything the command started
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), *arguments],
                                    cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     try:
         _wait_until_serving(process, port, log_path)
-        yield port
+        yield process, port, log_path
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-processes"])
+def server_port(request, tmp_path_factory):
+    """The slow-client defences hold in each server process alike."""
+    with _server(tmp_path_factory.mktemp("serving"), "--workers", str(request.param)) as (_, port, _):
+        yield port
 
 
 def _open_stalled_uploads(port: int, count: int) -> list[socket.socket]:
@@ -159,3 +172,64 @@ def test_a_body_over_the_upload_limit_is_refused_from_its_headers(server_port):
     with socket.create_connection(("127.0.0.1", server_port), timeout=5) as sock:
         sock.sendall(STALLED_UPLOAD.replace(b"Content-Length: 10000000", b"Content-Length: %d" % declared))
         assert sock.recv(64).startswith(b"HTTP/1.1 413 ")
+
+
+# -- several server processes (NESSA_WEB_WORKERS) ---------------------------------------------
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4: the parent's pid
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for an absent reaper is not)."""
+    try:
+        return (pathlib.Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def test_server_processes_are_replaced_when_killed_and_end_with_their_parent(tmp_path):
+    """kill -9 of one server process: the parent starts another and the port keeps answering;
+    kill -9 of the parent: no orphaned server process keeps the port."""
+    with _server(tmp_path, "--workers", "2") as (process, port, log_path):
+        assert _wait_for(lambda: len(_children(process.pid)) == 2, 30), log_path.read_text(errors="replace")
+        first = _children(process.pid)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        assert _wait_for(lambda: len(_children(process.pid)) == 2 and victim not in _children(process.pid), 30)
+        _wait_until_serving(process, port, log_path)
+        assert all(_health(port, timeout=5) == 200 for _ in range(8))
+        assert "server process" in log_path.read_text(errors="replace")
+
+        survivors = _children(process.pid)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+        assert _wait_for(lambda: not any(_alive(pid) for pid in survivors), 15)
+        assert _health(port, timeout=1) is None
+
+
+def test_the_parent_stops_its_server_processes_on_sigterm(tmp_path):
+    with _server(tmp_path, "--workers", "2") as (process, port, log_path):
+        assert _wait_for(lambda: len(_children(process.pid)) == 2, 30)
+        children = _children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert _wait_for(lambda: not any(_alive(pid) for pid in children), 15)
+        assert _health(port, timeout=1) is None
