@@ -39,7 +39,7 @@ class Settings:
     max_channels: int = 8
     #: the false-accept rate verify and identify decide at unless a request names another
     #: (0.01 or 0.001: the operating points every calibration carries a threshold for)
-    far_target: float = 0.001
+    far_target: float = 0.01
     #: refit the calibration on the gallery's own enrollments in the background and decide
     #: with it (stricter than the shipped one only; docs/calibration.md)
     gallery_calibration: bool = False
