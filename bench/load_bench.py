@@ -77,7 +77,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def deployment(threads: int | None):
+def deployment(threads: int | None, workers: int = 1):
     """(port, API key, server pid) of a `nessa serve` on a fresh database; stopped on exit."""
     with tempfile.TemporaryDirectory(prefix="nessa-load-") as tmp:
         tmp = pathlib.Path(tmp)
@@ -88,7 +88,8 @@ def deployment(threads: int | None):
                                  env=env, check=True, capture_output=True, text=True, timeout=300)
         key = created.stdout.strip().splitlines()[-1]
         port = _free_port()
-        serve_args = ["serve", "--host", HOST, "--port", str(port)] + (["--threads", str(threads)] if threads else [])
+        serve_args = (["serve", "--host", HOST, "--port", str(port), "--workers", str(workers)]
+                      + (["--threads", str(threads)] if threads else []))
         server = _start(serve_args, env, tmp / "serve.log")
         worker = None
         try:
@@ -210,9 +211,19 @@ def _wait_for_jobs(client: Client, job_ids: list[int], timeout_s: float = 600) -
 
 # -- load phases -----------------------------------------------------------------------
 def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a process and of its running children (the server processes of
+    ``nessa serve --workers``), from /proc/<pid>/stat."""
+    total = 0.0
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _idle_cpu_seconds() -> float:
@@ -285,14 +296,14 @@ def run_phase(port: int, key: str, server_pid: int, bodies: list[tuple[bytes, st
 
 
 def run(seconds: float = 15.0, client_counts=(1, 4, 8), threads: int | None = None,
-        shared_data: pathlib.Path | None = None) -> dict:
+        shared_data: pathlib.Path | None = None, workers: int = 1) -> dict:
     from app.settings import Settings
 
     root = (shared_data or Settings.from_env().shared_data_dir) / "librispeech" / "test-other"
     if not root.is_dir():
         raise SystemExit(f"bench needs real speech at {root} (../shared/data beside the repository)")
     load_before = os.getloadavg()
-    with deployment(threads) as (port, key, server_pid, worker):
+    with deployment(threads, workers) as (port, key, server_pid, worker):
         client = Client(port, key)
         bodies = [multipart(b) for b in enroll_and_make_queries(client, root)]
         _stop(worker)  # enrollment done: the server alone on its cores
@@ -307,7 +318,7 @@ def run(seconds: float = 15.0, client_counts=(1, 4, 8), threads: int | None = No
     return {"date": dt.datetime.now().isoformat(timespec="minutes"), "cpus": os.cpu_count(),
             "machine": platform.processor() or platform.machine(), "load_average_before": load_before,
             "load_average_after": os.getloadavg(), "seconds_per_phase": seconds,
-            "server_threads": threads, "attack_wav_bytes": len(one_hz_wav()),
+            "server_threads": threads, "server_processes": workers, "attack_wav_bytes": len(one_hz_wav()),
             "scaling": [phases[c] for c in sorted(client_counts)],
             "interference": {"without": baseline, "with": attacked,
                              "p50_ratio": attacked["p50_ms"] / baseline["p50_ms"],
@@ -316,6 +327,7 @@ def run(seconds: float = 15.0, client_counts=(1, 4, 8), threads: int | None = No
 
 def format_report(result: dict) -> str:
     lines = [f"### Load on one host: POST /v1/identify over loopback, 2-4 s queries, "
+             f"{result.get('server_processes', 1)} server process(es), "
              f"{result['seconds_per_phase']:.0f} s per run ({result['cpus']} CPUs, load average before "
              f"{result['load_average_before'][0]:.2f})", "",
              "| clients | attacker | req/s | p50 ms | p99 ms | server cores | client cores | idle cores | non-200 |",
@@ -345,10 +357,20 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each run")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--threads", type=int, help="server request threads (default: the server's own)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="server processes (nessa serve --workers); several: one deployment each, "
+                             "compared with the first in the same run")
     parser.add_argument("--json", type=pathlib.Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
-    result = run(args.seconds, args.clients, args.threads)
-    print(format_report(result))
+    results = []
+    for workers in args.workers:
+        results.append(run(args.seconds, args.clients, args.threads, workers=workers))
+        print(format_report(results[-1]) + "\n", flush=True)
+    if len(results) > 1:
+        best = [max(p["req_per_s"] for p in r["scaling"]) for r in results]
+        print("Best req/s by server processes (ratio to the first, same run): " + ", ".join(
+            f"{w}: {b:.1f} ({b / best[0]:.2f})" for w, b in zip(args.workers, best)))
+    result = results[0] if len(results) == 1 else {"runs": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n(written to {args.json})")
