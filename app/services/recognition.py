@@ -170,16 +170,22 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
             refuse_unknown_speakers(session, candidates)
             db.end_read(session)
         prepared, path, query_runtime, query_aligned, timings = _embed_query(services, session, data)
-        artifact = path.artifact
-        t0 = time.perf_counter()
-        gallery = services.gallery
-        gallery.sync(session)
-        ids = _preselect(gallery, artifact, query_runtime, query_aligned,
-                         sorted(set(candidates)) if candidates else None)
-        calibration = services.calibrations.current(session, artifact.name)
-        scored = _score(artifact, query_runtime, gallery.profiles(artifact.target_version, ids),
-                        gallery.profiles(artifact.source_version, ids), prepared.speech_s, calibration) if ids else {}
-        names = speaker_names(session, list(scored))
+        return _identified(services, session, path, prepared, query_runtime, query_aligned, timings,
+                           top_k=top_k, candidates=candidates, far_target=far_target)
+
+
+def _identified(services, session, path, prepared, query_runtime, query_aligned, timings: dict, *, top_k: int,
+                candidates: list[int] | None, far_target: float | None) -> dict:
+    """The ranked candidates of one embedded query (identify's second half)."""
+    artifact = path.artifact
+    t0 = time.perf_counter()
+    gallery = services.gallery
+    gallery.sync(session)
+    ids = _preselect(gallery, artifact, query_runtime, query_aligned, sorted(set(candidates)) if candidates else None)
+    calibration = services.calibrations.current(session, artifact.name)
+    scored = _score(artifact, query_runtime, gallery.profiles(artifact.target_version, ids),
+                    gallery.profiles(artifact.source_version, ids), prepared.speech_s, calibration) if ids else {}
+    names = speaker_names(session, list(scored))
     timings["search"] = (time.perf_counter() - t0) * 1e3
     ranked = sorted(((s, how, i, b) for i, (s, how, b) in scored.items() if i in names), reverse=True)[:top_k]
     best = ranked[0] if ranked else None
@@ -198,6 +204,58 @@ def identify(services, data: bytes, *, top_k: int = 5, candidates: list[int] | N
         "models": path.versions(),
         "timings_ms": {k: round(v, 3) for k, v in timings.items()},
     }
+
+
+def _prepare_clips(services, clips: list[bytes], items: list[dict]) -> dict:
+    """{index: prepared audio} of the clips that decode, hold enough speech and fit the
+    batch's audio budget; each other clip's item gets its error (status, code, message, detail)."""
+    budget_s, prepared = services.settings.max_audio_seconds, {}
+    for i, data in enumerate(clips):
+        try:
+            clip = prepare_audio(services, data, min_speech_s=services.settings.min_runtime_speech_seconds)
+            if clip.duration_s > budget_s:
+                raise ApiError(413, "batch_audio_budget", "The clips of a batch may last "
+                               f"{services.settings.max_audio_seconds:.0f} s together; this one goes past that.",
+                               {"duration_seconds": round(clip.duration_s, 3),
+                                "budget_left_seconds": round(budget_s, 3)})
+        except ApiError as error:
+            items[i]["error"] = {"status": error.status, **error.to_dict()}
+            continue
+        budget_s -= clip.duration_s
+        prepared[i] = clip
+    return prepared
+
+
+def identify_batch(services, clips: list[bytes], *, top_k: int = 5, candidates: list[int] | None = None,
+                   far_target: float | None = None) -> dict:
+    """identify for several clips in one request: each decoded and checked on its own (a bad
+    clip is an error in its item, not in the request), the good ones embedded in one batch
+    by the runtime model, then each ranked as identify ranks it, all with one path in force.
+    The clips' decoded audio together may last at most NESSA_MAX_AUDIO_SECONDS (the cost of
+    one maximal request); clips past that budget are refused item by item."""
+    items: list[dict] = [{"index": i} for i in range(len(clips))]
+    with services.session() as session:
+        if candidates:
+            refuse_unknown_speakers(session, candidates)  # 404 before any work
+        db.end_read(session)
+        prepared = _prepare_clips(services, clips, items)
+        path = services.paths.current(session)
+        db.end_read(session)
+        order = sorted(prepared)
+        t0 = time.perf_counter()
+        queries = services.embedder(path.runtime_model).embed([prepared[i].speech for i in order]) if order else None
+        t1 = time.perf_counter()
+        aligned = path.artifact.transform(queries) if order else None
+        t2 = time.perf_counter()
+        for row, i in enumerate(order):
+            # the batch's embedding and alignment time, shared out per clip
+            timings = dict(prepared[i].timings_ms, embed=(t1 - t0) * 1e3 / len(order),
+                           align=(t2 - t1) * 1e3 / len(order))
+            items[i]["result"] = _identified(services, session, path, prepared[i], queries[row], aligned[row],
+                                             timings, top_k=top_k, candidates=candidates, far_target=far_target)
+    return {"items": items, "models": path.versions(),
+            "identified": sum(1 for item in items if "result" in item),
+            "failed": sum(1 for item in items if "error" in item)}
 
 
 def _best_other(services, session, artifact, query_runtime, query_aligned, speaker_id: int, how: str,

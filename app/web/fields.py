@@ -158,6 +158,20 @@ Durations = _declared(list, _durations, {"type": "array", "maxItems": 5,
 
 
 # -- uploads -------------------------------------------------------------------------
-AudioFile = _declared(object, lambda upload, field: upload, {
-    "type": "string", "format": "binary",
-    "description": "WAV, FLAC, OGG (MP3 where libsndfile reads it); any rate and channels."})
+_AUDIO_SCHEMA = {"type": "string", "format": "binary",
+                 "description": "WAV, FLAC, OGG (MP3 where libsndfile reads it); any rate and channels."}
+AudioFile = _declared(object, lambda upload, field: upload, _AUDIO_SCHEMA)
+#: clips in one POST /v1/identify/batch (their audio together is bounded too, by duration)
+MAX_BATCH_CLIPS = 64
+
+
+def _audio_files(uploads, field: str) -> list:
+    if not isinstance(uploads, list) or not 1 <= len(uploads) <= MAX_BATCH_CLIPS:
+        raise bad_request("invalid_field", f"Send 1 to {MAX_BATCH_CLIPS} '{field}' parts.", field=field,
+                          count=len(uploads) if isinstance(uploads, list) else None)
+    return uploads
+
+
+AudioFiles = _declared(list, _audio_files, {"type": "array", "minItems": 1, "maxItems": MAX_BATCH_CLIPS,
+                                            "items": _AUDIO_SCHEMA,
+                                            "description": "the clips, each in its own 'audio' part"})

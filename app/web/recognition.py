@@ -5,6 +5,7 @@ from flask import Blueprint, current_app, jsonify
 
 from app.services import recognition
 from app.web.auth import current_key_is_admin
+from app.web.batch_schemas import IdentifyBatch, IdentifyBatchForm
 from app.web.operations import Reply, operation
 from app.web.schemas import Identification, IdentifyForm, Verification, VerifyForm
 
@@ -18,6 +19,18 @@ def identify(form: IdentifyForm):
     result = recognition.identify(current_app.extensions["nessa"], form.audio.read(), top_k=form.top_k,
                                   candidates=form.candidates, far_target=form.far_target)
     _observe_embedding(result)
+    return jsonify(result)
+
+
+@operation(bp, "POST", "/v1/identify/batch", access="identify", form=IdentifyBatchForm, errors=("404", "422"),
+           replies=Reply(200, IdentifyBatch),
+           summary="Who is speaking in each of several clips? (scored together; errors per clip)")
+def identify_batch(form: IdentifyBatchForm):
+    result = recognition.identify_batch(current_app.extensions["nessa"], [upload.read() for upload in form.audio],
+                                        top_k=form.top_k, candidates=form.candidates, far_target=form.far_target)
+    for item in result["items"]:
+        if "result" in item:
+            _observe_embedding(item["result"])
     return jsonify(result)
 
 

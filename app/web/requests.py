@@ -41,7 +41,8 @@ def parse_form(shape: type[Form]) -> Form:
     if unknown or missing:
         raise bad_request("invalid_fields", "Unknown or missing form fields.", unknown=unknown, missing=missing,
                           allowed=sorted(shape.model_fields))
-    data = {name: request.files[name] for name in files if name in request.files}
+    data = {name: request.files.getlist(name) if name in shape.repeated else request.files[name]
+            for name in files if name in request.files}
     data.update({name: request.form.getlist(name) if name in shape.repeated else request.form[name]
                  for name in fields if name in request.form})
     return shape.model_validate(data)
