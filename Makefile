@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 # torch is pinned to the local CPU wheel (an unpinned torch pulls gigabytes of CUDA);
 # packages that declare torch/torchaudio requirements are installed with --no-deps.
-$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/strip_torchaudio_extension.py
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/strip_torchaudio_extension.py scripts/export_campplus_onnx.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -r requirements.txt "$(FAISS)"
@@ -27,6 +27,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml scripts/strip_
 	$(PIP) install --no-deps --no-build-isolation -e .
 	# ONNX versions of the runtime model, derived from the installed GE2E weights (not committed)
 	$(PY) scripts/export_ge2e_onnx.py >/dev/null
+	# the CAM++ enrollment network on ONNX Runtime (same vectors, faster; not committed)
+	$(PY) scripts/export_campplus_onnx.py >/dev/null
 	touch $(STAMP)
 
 run: venv

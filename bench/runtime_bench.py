@@ -78,10 +78,15 @@ def run(n_queries: int = 60, crop_seconds: float = 3.0, shared_data: pathlib.Pat
         from silero_vad import load_silero_vad
 
         torchscript_vad = load_silero_vad()  # baseline: silero's TorchScript model, its own loop
+        from enroll_models.campplus import CamPlusPlusEmbedder
+
+        campplus_torch = CamPlusPlusEmbedder(backend="torch")  # baseline: CAM++ on torch
+        campplus_torch.embed([np.zeros(16000, np.float32)])
+        enroll_backend = getattr(services.enroll_embedder, "backend", "torch")
         torch.set_num_threads(1)  # importing silero_vad sets it too; keep one either way
         rng = np.random.default_rng(0)
         stage_ms: dict[str, list[float]] = {}
-        total_ms, heavy_ms, torchscript_vad_ms = [], [], []
+        total_ms, heavy_ms, torchscript_vad_ms, heavy_torch_ms = [], [], [], []
         for i in range(n_queries):
             wav, sr = sf.read(str(test_files[i % len(test_files)]), dtype="float32")
             n = int(crop_seconds * sr)
@@ -100,6 +105,9 @@ def run(n_queries: int = 60, crop_seconds: float = 3.0, shared_data: pathlib.Pat
             services.enroll_embedder.embed([speech])
             heavy_ms.append((time.perf_counter() - t0) * 1e3)
             t0 = time.perf_counter()
+            campplus_torch.embed([speech])
+            heavy_torch_ms.append((time.perf_counter() - t0) * 1e3)
+            t0 = time.perf_counter()
             with torch.inference_mode():
                 torchscript_vad.reset_states()
                 torchscript_vad.audio_forward(torch.from_numpy(np.ascontiguousarray(wav[start:start + n])), sr)
@@ -109,7 +117,8 @@ def run(n_queries: int = 60, crop_seconds: float = 3.0, shared_data: pathlib.Pat
             "enroll_x_realtime": audio_seconds / enroll_wall, "enrollments": len(enroll_files),
             "stages": {k: _percentiles(v) for k, v in stage_ms.items()},
             "identify_total": _percentiles(total_ms), "heavy_embed": _percentiles(heavy_ms),
-            "torchscript_vad": _percentiles(torchscript_vad_ms),
+            "torchscript_vad": _percentiles(torchscript_vad_ms), "heavy_embed_torch": _percentiles(heavy_torch_ms),
+            "enroll_backend": enroll_backend,
             "queries": n_queries, "crop_seconds": crop_seconds}
 
 
@@ -125,11 +134,15 @@ def format_report(result: dict) -> str:
     h50, h95 = result["heavy_embed"]
     e50 = result["stages"]["embed"][0]
     lines += [f"| **identify (whole call)** | {p50:.2f} | {p95:.2f} |",
-              f"| baseline: enrollment model (CAM++) embedding of the same speech | {h50:.2f} | {h95:.2f} |",
+              f"| baseline: enrollment model (CAM++, {result['enroll_backend']}) embedding of the same speech | "
+              f"{h50:.2f} | {h95:.2f} |",
+              f"| baseline: CAM++ on torch, the same speech | {result['heavy_embed_torch'][0]:.2f} | "
+              f"{result['heavy_embed_torch'][1]:.2f} |",
               f"| baseline: silero's TorchScript VAD on the same audio (probabilities only) | "
               f"{result['torchscript_vad'][0]:.2f} | {result['torchscript_vad'][1]:.2f} |", "",
               f"Runtime embedding / enrollment-model embedding (p50): {e50 / h50:.2f}; "
-              f"VAD stage / TorchScript VAD (p50): {result['stages']['vad'][0] / result['torchscript_vad'][0]:.2f}", "",
+              f"VAD stage / TorchScript VAD (p50): {result['stages']['vad'][0] / result['torchscript_vad'][0]:.2f}; "
+              f"CAM++ {result['enroll_backend']} / CAM++ torch (p50): {h50 / result['heavy_embed_torch'][0]:.2f}", "",
               "### Enrollment throughput (worker: VAD + CAM++ + GE2E + database), one thread", "",
               "| enrollments | audio s | wall s | x real time |", "| ---: | ---: | ---: | ---: |",
               f"| {result['enrollments']} | {result['enroll_audio_seconds']:.1f} | "

@@ -42,7 +42,9 @@ class CamPlusPlusEmbedder(Embedder):
     dim = 192
     sample_rate = 16000
 
-    def __init__(self, weights_path: str | pathlib.Path | None = None, device: str = "cpu"):
+    def __init__(self, weights_path: str | pathlib.Path | None = None, device: str = "cpu", backend: str = "auto"):
+        """``backend``: "torch", "onnx" (the exported network, enroll_models/campplus_onnx.py;
+        an error when it is not built) or "auto" (onnx on CPU when built, else torch)."""
         path, self.weights_sha256 = resolve_weights(weights_path, WEIGHTS_PACKAGE, WEIGHTS_FILE)
         self.weights_path = path
         self.device = torch.device(device)
@@ -50,6 +52,25 @@ class CamPlusPlusEmbedder(Embedder):
         state = torch.load(str(path), map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)
         self.model = model.to(self.device).eval()
+        self.network, self.backend = self._network(backend)
+
+    def _network(self, backend: str):
+        if backend not in ("auto", "torch", "onnx"):
+            raise ValueError(f"unknown backend {backend!r}: auto, torch or onnx")
+        if backend == "torch" or (backend == "auto" and self.device.type != "cpu"):
+            return self._torch_network, "torch"
+        from enroll_models.campplus_onnx import OnnxNetwork, built_model
+
+        built = built_model(self.weights_sha256)
+        if built is None:
+            if backend == "onnx":
+                raise FileNotFoundError("the ONNX CAM++ is not built: run scripts/export_campplus_onnx.py")
+            return self._torch_network, "torch"
+        return OnnxNetwork(built), "onnx"
+
+    def _torch_network(self, feats: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(feats).to(self.device)).float().cpu().numpy()
 
     def features(self, wav: np.ndarray) -> torch.Tensor:
         """Mean-normalised 80-dim Kaldi fbank, shape (frames, 80)."""
@@ -73,12 +94,10 @@ class CamPlusPlusEmbedder(Embedder):
         by_length: dict[int, list[int]] = {}
         for index, feat in enumerate(feats):
             by_length.setdefault(feat.shape[0], []).append(index)
-        with torch.inference_mode():
-            for indices in by_length.values():
-                for start in range(0, len(indices), MAX_BATCH):
-                    chunk = indices[start:start + MAX_BATCH]
-                    stacked = torch.stack([feats[i] for i in chunk]).to(self.device)
-                    out[chunk] = self.model(stacked).float().cpu().numpy()
+        for indices in by_length.values():
+            for start in range(0, len(indices), MAX_BATCH):
+                chunk = indices[start:start + MAX_BATCH]
+                out[chunk] = self.network(torch.stack([feats[i] for i in chunk]).numpy())
         return l2_normalise(out)
 
 
