@@ -71,7 +71,10 @@ def test_identify_during_activation_and_rollback(harness):
     with harness.services.session() as session:
         deployments = dict(session.execute(sa.select(models.Deployment.id, models.Deployment.alignment)).all())
     assert len(deployments) > 3, "the path was switched during the requests"
-    thresholds = {name: {fused: harness.services.paths.load(name).scorer.candidate_threshold(fused=fused)
+    from nessa.calibration import threshold_name
+
+    point = threshold_name(harness.services.settings.far_target)  # the default operating point
+    thresholds = {name: {fused: harness.services.paths.load(name).scorer.candidate_threshold(fused=fused, name=point)
                          for fused in (True, False)}
                   for name in (RIDGE, default)}
     seen = set()
